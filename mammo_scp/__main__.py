@@ -1,0 +1,3 @@
+from mammo_scp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""The `mammo-scp` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pynetdicom import AE
+
+from mammo_scp import __version__
+from mammo_scp.config import ConfigError, Settings, load_settings, render_settings
+from mammo_scp.db import Database, upgrade
+from mammo_scp.dicom import SopClass
+from mammo_scp.jobs.models import Instance, Job, Study
+from mammo_scp.jobs.service import TransitionError, retry_job
+from mammo_scp.jobs.states import JobState
+from mammo_scp.node import configure_logging, run
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _database(settings: Settings) -> Database:
+    db = Database(settings.db_url)
+    upgrade(db)
+    return db
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    return run(settings, with_scp=True)
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    return run(settings, with_scp=False)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    _database(settings)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(render_settings(_settings(args)), end="")
+    return 0
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    deliveries = Counter(d.state.value for d in job.deliveries)
+    return {
+        "id": job.id,
+        "study_uid": job.study.study_uid,
+        "state": job.state.value,
+        "trigger": job.trigger.value,
+        "instances": len(job.instances),
+        "attempts": job.attempts,
+        "deliveries": dict(deliveries),
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "error": job.error,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[str(row.get(c, "") if row.get(c) is not None else "-") for c in columns]
+             for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        query = sa.select(Job).order_by(Job.id)
+        if args.state:
+            query = query.where(Job.state == JobState(args.state))
+        rows = [_job_summary(job) for job in session.scalars(query)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        row["deliveries"] = ", ".join(f"{n} {s}" for s, n in sorted(row["deliveries"].items()))
+    _print_table(rows, ["id", "state", "trigger", "instances", "deliveries", "updated_at",
+                        "study_uid", "error"])
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        job = session.get(Job, args.job_id)
+        if job is None:
+            print(f"error: no job with id {args.job_id}", file=sys.stderr)
+            return 1
+        detail = _job_summary(job)
+        detail["instances"] = [
+            {"sop_instance_uid": i.sop_instance_uid, "laterality": i.laterality,
+             "view": i.view, "status": i.status.value, "skip_reason": i.skip_reason}
+            for i in job.instances
+        ]
+        detail["timeline"] = [
+            {"at": _iso(e.at),
+             "change": f"{e.from_state or '-'} -> {e.to_state}" if e.to_state else None,
+             "stage": e.stage, "duration_ms": round(e.duration_ms, 1) if e.duration_ms else None,
+             "message": e.message, "worker": e.worker}
+            for e in job.events
+        ]
+        detail["results"] = [{"sop_instance_uid": r.sop_instance_uid, "kind": r.kind,
+                              "path": r.path} for r in job.results]
+        detail["deliveries"] = [
+            {"destination": d.destination, "object": d.result.sop_instance_uid,
+             "state": d.state.value, "attempts": d.attempts,
+             "next_attempt_at": _iso(d.next_attempt_at), "last_error": d.last_error}
+            for d in job.deliveries
+        ]
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    print(f"job {detail['id']}  {detail['state']}  (trigger {detail['trigger']}, "
+          f"attempts {detail['attempts']})")
+    print(f"study {detail['study_uid']}")
+    if detail["error"]:
+        print(f"error: {detail['error']}")
+    print("\ninstances:")
+    _print_table(detail["instances"], ["sop_instance_uid", "laterality", "view", "status",
+                                       "skip_reason"])
+    print("\ntimeline:")
+    _print_table(detail["timeline"], ["at", "change", "stage", "duration_ms", "message"])
+    if detail["deliveries"]:
+        print("\ndeliveries:")
+        _print_table(detail["deliveries"], ["destination", "object", "state", "attempts",
+                                            "last_error"])
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    try:
+        print(retry_job(db, args.job_id))
+    except (LookupError, TransitionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_studies_list(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        rows = []
+        for study in session.scalars(sa.select(Study).order_by(Study.id)):
+            rows.append({
+                "study_uid": study.study_uid,
+                "instances": len(study.instances),
+                "jobs": ", ".join(f"{j.id}:{j.state.value}" for j in study.jobs) or None,
+                "last_received_at": _iso(study.last_received_at),
+                "waiting": sum(1 for i in study.instances if i.job_id is None),
+            })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["study_uid", "instances", "waiting", "jobs", "last_received_at"])
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ae = AE(ae_title=settings.ae_title)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = args.timeout
+    ae.add_requested_context(SopClass.VERIFICATION.value)
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+        print(f"C-ECHO {args.aet}@{args.host}:{args.port}: association failed ({why})")
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    if status and status.Status == 0x0000:
+        print(f"C-ECHO {args.aet}@{args.host}:{args.port}: success")
+        return 0
+    code = f"0x{status.Status:04X}" if status and "Status" in status else "no response"
+    print(f"C-ECHO {args.aet}@{args.host}:{args.port}: failed ({code})")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML configuration file (default: $MAMMO_SCP_CONFIG, else built-in "
+                             "defaults); MAMMO_SCP_<KEY> variables override it")
+    parser = argparse.ArgumentParser(prog="mammo-scp", parents=[common],
+                                     description="DICOM mammography AI node")
+    parser.add_argument("--version", action="version", version=f"mammo-scp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", parents=[common], help="run the SCP and workers").set_defaults(
+        func=cmd_serve)
+    sub.add_parser("work", parents=[common], help="run workers only (shared database and "
+                   "spool)").set_defaults(func=cmd_work)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command",
+                                                                           required=True)
+    db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(
+        func=cmd_db_upgrade)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="config_command", required=True)
+    config.add_parser("show", parents=[common], help="print the effective configuration"
+                      ).set_defaults(func=cmd_config_show)
+
+    jobs = sub.add_parser("jobs", help="the job queue").add_subparsers(dest="jobs_command",
+                                                                       required=True)
+    listing = jobs.add_parser("list", parents=[common], help="list jobs")
+    listing.add_argument("--state", choices=[s.value for s in JobState])
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_jobs_list)
+    show = jobs.add_parser("show", parents=[common], help="a job and its whole timeline")
+    show.add_argument("job_id", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_jobs_show)
+    retry = jobs.add_parser("retry", parents=[common],
+                            help="re-queue a failed job or re-send dead deliveries")
+    retry.add_argument("job_id", type=int)
+    retry.set_defaults(func=cmd_jobs_retry)
+
+    studies = sub.add_parser("studies", help="received studies").add_subparsers(
+        dest="studies_command", required=True)
+    slist = studies.add_parser("list", parents=[common], help="list studies")
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=cmd_studies_list)
+
+    echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
+    echo.add_argument("host")
+    echo.add_argument("port", type=int)
+    echo.add_argument("aet", help="the peer's AE title")
+    echo.add_argument("--timeout", type=float, default=10.0)
+    echo.set_defaults(func=cmd_echo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"mammo-scp: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

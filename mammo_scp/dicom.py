@@ -1,0 +1,92 @@
+"""DICOM facts the node relies on, named once: SOP classes, transfer syntaxes, statuses, UIDs."""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum, StrEnum
+
+from pydicom import uid as pduid
+
+
+class SopClass(StrEnum):
+    VERIFICATION = "1.2.840.10008.1.1"
+    MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+    MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+    BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
+    SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+    COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+    MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
+
+
+#: The storage SOP classes accepted as SCP; every other is refused at negotiation.
+STORAGE_SOP_CLASSES: tuple[SopClass, ...] = (
+    SopClass.MG_FOR_PRESENTATION,
+    SopClass.MG_FOR_PROCESSING,
+    SopClass.BREAST_TOMOSYNTHESIS,
+)
+
+#: Transfer syntaxes accepted for storage, uncompressed first (preferred when offered).
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    pduid.ExplicitVRLittleEndian,
+    pduid.ImplicitVRLittleEndian,
+    pduid.DeflatedExplicitVRLittleEndian,
+    pduid.JPEGBaseline8Bit,
+    pduid.JPEGExtended12Bit,
+    pduid.JPEGLossless,
+    pduid.JPEGLosslessSV1,
+    pduid.JPEGLSLossless,
+    pduid.JPEGLSNearLossless,
+    pduid.JPEG2000Lossless,
+    pduid.JPEG2000,
+    pduid.RLELossless,
+)
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses the node returns (PS3.4 B.2.3); documented in the conformance statement."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700          # disk or database unavailable, or below the free-space floor
+    DATASET_DOES_NOT_MATCH = 0xA900    # dataset UIDs differ from the C-STORE command's
+    CANNOT_UNDERSTAND = 0xC000         # the dataset could not be parsed
+    INVALID_UID = 0xC001               # a UID is missing, malformed or hostile (e.g. '../x')
+
+
+# PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit
+# component, at most 64 characters.
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a syntactically valid DICOM UID, the only thing the node lets name a file."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_PATTERN.match(value))
+
+
+class Laterality(StrEnum):
+    RIGHT = "R"
+    LEFT = "L"
+
+
+class View(StrEnum):
+    CC = "CC"
+    MLO = "MLO"
+    ML = "ML"
+    LM = "LM"
+
+
+#: ViewCodeSequence codes (CID 4014; SNOMED CT and the retired SNOMED-RT equivalents).
+VIEW_CODES: dict[str, View] = {
+    "399162004": View.CC,
+    "R-10242": View.CC,
+    "399368009": View.MLO,
+    "R-10226": View.MLO,
+    "399260004": View.ML,
+    "R-10224": View.ML,
+    "399352003": View.LM,
+    "R-10228": View.LM,
+}
+
+#: The four standard screening views that complete a study.
+FOUR_VIEWS: frozenset[tuple[Laterality, View]] = frozenset(
+    (lat, view) for lat in Laterality for view in (View.CC, View.MLO)
+)

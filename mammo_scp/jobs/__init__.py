@@ -1,0 +1,1 @@
+"""Tracking of studies, instances, jobs, results and deliveries."""

@@ -1,0 +1,214 @@
+"""The one module that changes a job's state, and records why.
+
+Every change goes through :func:`transition`, which refuses transitions that
+:data:`ALLOWED_TRANSITIONS` does not allow and writes a :class:`JobEvent` with
+the time and the reason. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
+(several workers, one or many hosts) and ``BEGIN IMMEDIATE`` on SQLite, so no
+job is ever run by two workers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Delivery, Instance, Job, JobEvent, Study, utcnow
+from mammo_scp.jobs.states import (
+    ALLOWED_TRANSITIONS,
+    CompletionTrigger,
+    DeliveryState,
+    JobState,
+)
+
+logger = logging.getLogger(__name__)
+
+HOSTNAME = socket.gethostname()
+
+
+class TransitionError(Exception):
+    """A state change the job's current state does not allow."""
+
+
+def worker_id(name: str) -> str:
+    """Identify a worker as host:pid:name, so a dead process on this host can be recognised."""
+    return f"{HOSTNAME}:{os.getpid()}:{name}"
+
+
+def _worker_is_dead_here(worker: str | None) -> bool:
+    """True when ``worker`` ran on this host in a process that no longer exists."""
+    if not worker:
+        return False
+    host, _, rest = worker.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != HOSTNAME or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def transition(session: Session, job: Job, to: JobState, reason: str,
+               worker: str | None = None) -> None:
+    """Move ``job`` to ``to`` and record the event; raise TransitionError if not allowed."""
+    if to not in ALLOWED_TRANSITIONS[job.state]:
+        raise TransitionError(f"job {job.id}: cannot go from {job.state} to {to}")
+    session.add(JobEvent(job_id=job.id, from_state=job.state, to_state=to, message=reason,
+                         worker=worker))
+    logger.info("job %d: %s -> %s (%s)", job.id, job.state, to, reason)
+    job.state = to
+    job.updated_at = utcnow()
+
+
+def record_stage(db: Database, job_id: int, stage: str, duration_ms: float, message: str,
+                 worker: str | None) -> None:
+    """Add a pipeline stage with its duration to the job's timeline."""
+    with db.session() as session:
+        session.add(JobEvent(job_id=job_id, stage=stage, duration_ms=duration_ms,
+                             message=message, worker=worker))
+
+
+def create_job(session: Session, study: Study, trigger: CompletionTrigger, reason: str) -> Job | None:
+    """Queue a job for the study's instances that no job has taken yet (None if there are none)."""
+    job = Job(study_id=study.id, state=JobState.QUEUED, trigger=trigger)
+    session.add(job)
+    session.flush()
+    taken = session.execute(
+        sa.update(Instance)
+        .where(Instance.study_id == study.id, Instance.job_id.is_(None))
+        .values(job_id=job.id)
+    ).rowcount
+    if not taken:
+        session.delete(job)
+        return None
+    session.add(JobEvent(job_id=job.id, from_state=None, to_state=JobState.QUEUED,
+                         message=f"{reason}; {taken} instance(s)"))
+    logger.info("job %d queued for study %s: %s, %d instance(s)", job.id, study.study_uid,
+                reason, taken)
+    return job
+
+
+def claim_next_job(db: Database, worker: str, lease_s: float) -> int | None:
+    """Take the oldest queued job for ``worker``; None when the queue is empty."""
+    with db.session() as session:
+        job = session.scalars(
+            sa.select(Job)
+            .where(Job.state == JobState.QUEUED)
+            .order_by(Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if job is None:
+            return None
+        job.attempts += 1
+        job.worker = worker
+        job.lease_expires_at = utcnow() + timedelta(seconds=lease_s)
+        transition(session, job, JobState.RUNNING, f"claimed (attempt {job.attempts})", worker)
+        # A queued job takes in instances that arrived after it was queued;
+        # once it runs, later arrivals wait for a job of their own.
+        session.execute(
+            sa.update(Instance)
+            .where(Instance.study_id == job.study_id, Instance.job_id.is_(None))
+            .values(job_id=job.id)
+        )
+        return job.id
+
+
+def renew_lease(db: Database, job_id: int, worker: str, lease_s: float) -> bool:
+    """Extend a running job's lease; False if the worker no longer holds it."""
+    with db.session() as session:
+        renewed = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        ).rowcount
+    return bool(renewed)
+
+
+def lock_owned_job(session: Session, job_id: int, worker: str) -> Job | None:
+    """The running job, locked, if ``worker`` still holds it; None if its lease was lost."""
+    job = session.scalars(
+        sa.select(Job).where(Job.id == job_id).with_for_update()
+    ).one()
+    if job.state != JobState.RUNNING or job.worker != worker:
+        return None
+    return job
+
+
+def recover_abandoned(db: Database, max_attempts: int) -> int:
+    """Re-queue running jobs whose worker died (lease expired, or its process is gone on this host).
+
+    A job that has already used ``max_attempts`` fails instead, so one study
+    that kills its worker cannot stop the queue forever.
+    """
+    now = utcnow()
+    recovered = 0
+    with db.session() as session:
+        running = session.scalars(
+            sa.select(Job)
+            .where(Job.state == JobState.RUNNING)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in running:
+            expired = job.lease_expires_at is not None and job.lease_expires_at < now
+            dead = _worker_is_dead_here(job.worker)
+            if not (expired or dead):
+                continue
+            why = "its worker process is gone" if dead else "its worker's lease expired"
+            if job.attempts >= max_attempts:
+                job.error = f"abandoned {job.attempts} times: {why}"
+                transition(session, job, JobState.FAILED, f"{why}; out of attempts")
+            else:
+                transition(session, job, JobState.QUEUED, f"{why}; re-queued")
+            job.worker = None
+            job.lease_expires_at = None
+            recovered += 1
+        sending = session.scalars(
+            sa.select(Delivery)
+            .where(Delivery.state == DeliveryState.SENDING)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for delivery in sending:
+            expired = delivery.lease_expires_at is not None and delivery.lease_expires_at < now
+            if expired or _worker_is_dead_here(delivery.worker):
+                delivery.state = DeliveryState.PENDING
+                delivery.worker = None
+                delivery.next_attempt_at = now
+                recovered += 1
+    return recovered
+
+
+def retry_job(db: Database, job_id: int) -> str:
+    """What `jobs retry` does: re-queue a failed or finished job, or re-send dead deliveries."""
+    with db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(f"no job with id {job_id}")
+        if job.state == JobState.DEAD_LETTER:
+            dead = session.scalars(
+                sa.select(Delivery).where(Delivery.job_id == job.id,
+                                          Delivery.state == DeliveryState.DEAD)
+            ).all()
+            for delivery in dead:
+                delivery.state = DeliveryState.PENDING
+                delivery.attempts = 0
+                delivery.next_attempt_at = utcnow()
+            transition(session, job, JobState.DELIVERING,
+                       f"retry requested: re-sending {len(dead)} dead delivery(ies)")
+            return f"job {job.id}: re-sending {len(dead)} delivery(ies)"
+        if job.state in (JobState.FAILED, JobState.DONE, JobState.SKIPPED):
+            job.attempts = 0
+            job.error = None
+            transition(session, job, JobState.QUEUED, "retry requested: re-queued")
+            return f"job {job.id}: re-queued"
+        raise TransitionError(f"job {job.id} is {job.state}; only failed, dead-lettered, "
+                              "done or skipped jobs can be retried")

@@ -1,0 +1,1 @@
+"""The SCP: application entity, presentation contexts and thin event handlers."""

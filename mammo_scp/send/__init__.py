@@ -1,0 +1,1 @@
+"""Delivery of result objects to destinations, with retries."""

@@ -1,0 +1,65 @@
+"""C-STORE SCU: send files to one DICOM destination over one association."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from mammo_scp.config import Destination
+
+logger = logging.getLogger(__name__)
+
+#: C-STORE statuses that mean the destination has the object (PS3.4 B.2.3).
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """None ``error`` means the destination acknowledged the object."""
+
+    path: Path
+    error: str | None
+
+
+def send_files(destination: Destination, calling_ae: str, paths: list[Path],
+               timeout_s: float) -> list[SendOutcome]:
+    """Send ``paths`` in one association; one outcome per path, in order."""
+    datasets = [dcmread(path) for path in paths]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+                       for ds in datasets})
+    for sop_class, syntax in contexts[:128]:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        why = ("association rejected" if assoc.is_rejected else
+               "association aborted" if assoc.is_aborted else "no association")
+        error = f"{why} by {destination.ae_title}@{destination.host}:{destination.port}"
+        return [SendOutcome(path, error) for path in paths]
+    outcomes = []
+    try:
+        for path, ds in zip(paths, datasets, strict=True):
+            outcomes.append(SendOutcome(path, _store_one(assoc, ds)))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes
+
+
+def _store_one(assoc: object, ds: object) -> str | None:
+    try:
+        status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+    except ValueError as exc:  # no accepted presentation context for this object
+        return f"not accepted by the destination: {exc}"
+    if not status or "Status" not in status:
+        return "no response to C-STORE (timeout or aborted association)"
+    code = int(status.Status)
+    if code in _STORED:
+        return None
+    return f"C-STORE failed with status 0x{code:04X}"

@@ -1,0 +1,1 @@
+"""Durable spool of received instances and results, and their index rows."""

@@ -1,0 +1,219 @@
+"""Durable ingest of one received instance: file on disk, row committed, then Success.
+
+The C-STORE handler hands over the temporary file pynetdicom wrote (the raw
+dataset in DICOM file format, never decoded in memory) and returns whatever
+status :meth:`Ingestor.ingest` gives. Only header attributes are read here;
+pixel data waits for the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from mammo_scp.db import Database
+from mammo_scp.dicom import VIEW_CODES, StoreStatus, is_valid_uid
+from mammo_scp.jobs.models import Instance, Study, utcnow
+from mammo_scp.store.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+_HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
+    "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence",
+]
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the node needs to know about an instance before its pixels are touched."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str | None
+    laterality: str | None
+    view: str | None
+
+
+class RejectedInstance(Exception):
+    """The instance cannot be accepted; carries the status and a log-safe reason."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def laterality_of(ds: Dataset) -> str | None:
+    """ImageLaterality (image level), else Laterality (series level); R or L, else None."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    return None
+
+
+def view_of(ds: Dataset) -> str | None:
+    """ViewCodeSequence's code (CID 4014) if known, else ViewPosition."""
+    for item in ds.get("ViewCodeSequence", []) or []:
+        view = VIEW_CODES.get(str(item.get("CodeValue", "")))
+        if view is not None:
+            return view.value
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return position or None
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse the header of a received file, raising RejectedInstance when it is unusable."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND,
+                               f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not is_valid_uid(value):
+            shown = value[:70].encode("unicode_escape").decode("ascii")
+            raise RejectedInstance(StoreStatus.INVALID_UID,
+                                   f"{keyword} is missing or not a valid UID: {shown!r}")
+        uids[keyword] = value
+    patient_id = str(ds.get("PatientID", "") or "") or None
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        patient_id=patient_id[:64] if patient_id else None,
+        laterality=laterality_of(ds),
+        view=view_of(ds),
+    )
+
+
+class _StoredConcurrently(Exception):
+    pass
+
+
+class Ingestor:
+    """Turns a received temporary file into a spooled, indexed instance."""
+
+    def __init__(self, db: Database, spool: Spool, min_free_mb: int) -> None:
+        self.db = db
+        self.spool = spool
+        self.min_free_mb = min_free_mb
+
+    def ingest(self, tmp: Path, *, command_sop_class: str, command_sop_instance: str,
+               transfer_syntax: str, calling_ae: str) -> StoreStatus:
+        """Store one instance; the returned status is what the sender is told."""
+        try:
+            header = read_header(tmp)
+            if header.sop_instance_uid != command_sop_instance:
+                raise RejectedInstance(StoreStatus.DATASET_DOES_NOT_MATCH,
+                                       "SOPInstanceUID in the dataset differs from the command's")
+            if header.sop_class_uid != command_sop_class:
+                raise RejectedInstance(StoreStatus.DATASET_DOES_NOT_MATCH,
+                                       "SOPClassUID in the dataset differs from the command's")
+        except RejectedInstance as rejected:
+            logger.warning("refused instance %s from %s: %s (status 0x%04X)",
+                           command_sop_instance if is_valid_uid(command_sop_instance) else "?",
+                           calling_ae, rejected.reason, rejected.status)
+            return rejected.status
+        return self._store(tmp, header, transfer_syntax, calling_ae)
+
+    def _store(self, tmp: Path, header: InstanceHeader, transfer_syntax: str,
+               calling_ae: str) -> StoreStatus:
+        sop_uid = header.sop_instance_uid
+        try:
+            if self._already_stored(sop_uid):
+                logger.info("instance %s received again from %s: already stored, acknowledged",
+                            sop_uid, calling_ae)
+                return StoreStatus.SUCCESS
+        except sa.exc.SQLAlchemyError as exc:
+            logger.error("instance %s refused: database unavailable (%s)", sop_uid,
+                         type(exc).__name__)
+            return StoreStatus.OUT_OF_RESOURCES
+
+        free = self.spool.free_mb()
+        if free < self.min_free_mb:
+            logger.error("instance %s refused: %.0f MB free in the spool, below the floor of "
+                         "min_free_mb = %d MB", sop_uid, free, self.min_free_mb)
+            return StoreStatus.OUT_OF_RESOURCES
+
+        final = self.spool.instance_path(header.study_uid, sop_uid)
+        size = tmp.stat().st_size
+        try:
+            self.spool.commit(tmp, final)
+        except OSError as exc:
+            logger.error("instance %s refused: cannot write to the spool (%s)", sop_uid, exc)
+            return StoreStatus.OUT_OF_RESOURCES
+
+        try:
+            self._index_once(header, final, size, transfer_syntax, calling_ae)
+        except _StoredConcurrently:
+            logger.info("instance %s stored concurrently by another association", sop_uid)
+            return StoreStatus.SUCCESS
+        except sa.exc.SQLAlchemyError as exc:
+            final.unlink(missing_ok=True)
+            logger.error("instance %s refused: database unavailable (%s)", sop_uid,
+                         type(exc).__name__)
+            return StoreStatus.OUT_OF_RESOURCES
+        logger.info("stored instance %s of study %s (%s %s) from %s, %d bytes", sop_uid,
+                    header.study_uid, header.laterality or "-", header.view or "-", calling_ae,
+                    size)
+        return StoreStatus.SUCCESS
+
+    def _already_stored(self, sop_uid: str) -> bool:
+        with self.db.session() as session:
+            found = session.scalar(
+                sa.select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
+            )
+        return found is not None
+
+    def _index_once(self, header: InstanceHeader, final: Path, size: int,
+                    transfer_syntax: str, calling_ae: str) -> None:
+        """Index the instance; a unique-key race is either the same instance (stored once)
+        or the same new study created by another association (then index again)."""
+        for _ in range(3):
+            try:
+                self._index(header, final, size, transfer_syntax, calling_ae)
+                return
+            except sa.exc.IntegrityError:
+                if self._already_stored(header.sop_instance_uid):
+                    raise _StoredConcurrently() from None
+        self._index(header, final, size, transfer_syntax, calling_ae)
+
+    def _index(self, header: InstanceHeader, final: Path, size: int, transfer_syntax: str,
+               calling_ae: str) -> None:
+        now = utcnow()
+        with self.db.session() as session:
+            study = session.scalars(
+                sa.select(Study).where(Study.study_uid == header.study_uid).with_for_update()
+            ).first()
+            if study is None:
+                study = Study(study_uid=header.study_uid, patient_id=header.patient_id,
+                              first_received_at=now, last_received_at=now)
+                session.add(study)
+                session.flush()
+            else:
+                study.last_received_at = now
+            session.add(Instance(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                series_uid=header.series_uid,
+                study_id=study.id,
+                transfer_syntax=transfer_syntax,
+                laterality=header.laterality,
+                view=header.view,
+                path=self.spool.relative(final),
+                size_bytes=size,
+                calling_ae=calling_ae[:16],
+                received_at=now,
+            ))

@@ -1,0 +1,229 @@
+"""Workers: claim ready jobs, run the pipeline, hand results to delivery, keep the queue moving.
+
+One process runs ``workers`` job threads, one delivery thread and one
+housekeeping thread (study completion, recovery of abandoned jobs). Any number
+of processes, on one host or many, may do so against one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from mammo_scp.config import Settings
+from mammo_scp.completion import queue_ready_studies
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
+from mammo_scp.jobs.service import (
+    claim_next_job,
+    lock_owned_job,
+    record_stage,
+    recover_abandoned,
+    renew_lease,
+    transition,
+    worker_id,
+)
+from mammo_scp.jobs.states import DeliveryState, InstanceStatus, JobState
+from mammo_scp.pipeline import InstanceRecord, JobContext, Pipeline
+from mammo_scp.send.delivery import deliver_due
+from mammo_scp.store.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs one claimed job through the pipeline and records the outcome."""
+
+    def __init__(self, settings: Settings, db: Database, spool: Spool, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.pipeline = pipeline
+
+    def run(self, job_id: int, worker: str) -> None:
+        stop_heartbeat = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, worker, stop_heartbeat),
+                                     name=f"lease-{job_id}", daemon=True)
+        heartbeat.start()
+        try:
+            ctx = self._context(job_id)
+            for stage in self.pipeline.stages:
+                started = time.perf_counter()
+                try:
+                    note = stage.run(ctx)
+                except Exception as exc:  # a stage's failure fails the job, not the worker
+                    logger.exception("job %d: stage %s failed", job_id, stage.name)
+                    self._fail(job_id, worker, f"stage {stage.name} failed: "
+                                               f"{type(exc).__name__}: {exc}")
+                    return
+                elapsed_ms = (time.perf_counter() - started) * 1000.0
+                record_stage(self.db, job_id, stage.name, elapsed_ms, note, worker)
+            self._finish(ctx, worker)
+        finally:
+            stop_heartbeat.set()
+            heartbeat.join()
+
+    def _heartbeat(self, job_id: int, worker: str, stop: threading.Event) -> None:
+        interval = self.settings.job_lease_s / 4.0
+        while not stop.wait(interval):
+            try:
+                if not renew_lease(self.db, job_id, worker, self.settings.job_lease_s):
+                    logger.warning("job %d: lease lost by %s", job_id, worker)
+                    return
+            except sa.exc.SQLAlchemyError as exc:
+                logger.warning("job %d: cannot renew lease: %s", job_id, type(exc).__name__)
+
+    def _context(self, job_id: int) -> JobContext:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            instances = session.scalars(
+                sa.select(Instance).where(Instance.job_id == job_id).order_by(Instance.id)
+            ).all()
+            records = tuple(
+                InstanceRecord(i.sop_instance_uid, i.sop_class_uid, self.spool.absolute(i.path),
+                               i.laterality, i.view)
+                for i in instances
+            )
+            return JobContext(job_id=job_id, study_uid=job.study.study_uid, instances=records)
+
+    def _fail(self, job_id: int, worker: str, error: str) -> None:
+        with self.db.session() as session:
+            job = lock_owned_job(session, job_id, worker)
+            if job is None:
+                return
+            job.error = error
+            job.worker = None
+            job.lease_expires_at = None
+            transition(session, job, JobState.FAILED, error, worker)
+
+    def _finish(self, ctx: JobContext, worker: str) -> None:
+        written: list[tuple[str, str, str, Path]] = []
+        for result in ctx.results:
+            ds = result.dataset
+            uid = str(ds.SOPInstanceUID)
+            path = self.spool.result_path(ctx.job_id, uid)
+            tmp = path.with_suffix(".tmp")
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ds.save_as(tmp, enforce_file_format=True)
+            self.spool.commit(tmp, path)
+            written.append((uid, str(ds.SOPClassUID), result.kind, path))
+
+        with self.db.session() as session:
+            job = lock_owned_job(session, ctx.job_id, worker)
+            if job is None:
+                logger.warning("job %d: %s lost its lease; results discarded", ctx.job_id, worker)
+                return
+            for instance in session.scalars(sa.select(Instance).where(
+                    Instance.job_id == ctx.job_id)):
+                reason = ctx.skipped.get(instance.sop_instance_uid)
+                instance.status = InstanceStatus.SKIPPED if reason else InstanceStatus.PROCESSED
+                instance.skip_reason = reason
+            results = [self._upsert_result(session, ctx.job_id, uid, sop_class, kind,
+                                           self.spool.relative(path))
+                       for uid, sop_class, kind, path in written]
+            destinations = [d.name for d in self.settings.destinations]
+            for result in results:
+                for name in destinations:
+                    self._queue_delivery(session, ctx.job_id, result.id, name)
+            job.worker = None
+            job.lease_expires_at = None
+            if not ctx.datasets and not results:
+                transition(session, job, JobState.SKIPPED,
+                           f"nothing to process ({len(ctx.skipped)} instance(s) skipped)", worker)
+            elif results and destinations:
+                transition(session, job, JobState.DELIVERING,
+                           f"{len(results)} object(s) to {len(destinations)} destination(s)",
+                           worker)
+            else:
+                why = "no destinations configured" if results else "no result objects"
+                transition(session, job, JobState.DONE, why, worker)
+
+    @staticmethod
+    def _upsert_result(session: sa.orm.Session, job_id: int, uid: str, sop_class: str,
+                       kind: str, spool_path: str) -> Result:
+        result = session.scalars(sa.select(Result).where(
+            Result.job_id == job_id, Result.sop_instance_uid == uid)).first()
+        if result is None:
+            result = Result(job_id=job_id, sop_instance_uid=uid, sop_class_uid=sop_class,
+                            kind=kind, path=spool_path)
+            session.add(result)
+            session.flush()
+        return result
+
+    @staticmethod
+    def _queue_delivery(session: sa.orm.Session, job_id: int, result_id: int, name: str) -> None:
+        delivery = session.scalars(sa.select(Delivery).where(
+            Delivery.result_id == result_id, Delivery.destination == name)).first()
+        if delivery is None:
+            session.add(Delivery(job_id=job_id, result_id=result_id, destination=name,
+                                 state=DeliveryState.PENDING, next_attempt_at=utcnow()))
+        else:  # a re-run sends the same objects again; the PACS deduplicates by UID
+            delivery.state = DeliveryState.PENDING
+            delivery.attempts = 0
+            delivery.next_attempt_at = utcnow()
+
+
+class Workers:
+    """The background threads of one process."""
+
+    def __init__(self, settings: Settings, db: Database, spool: Spool, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.runner = JobRunner(settings, db, spool, pipeline)
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        targets = [("housekeeping", self._housekeeping), ("delivery", self._delivery)]
+        targets += [(f"job-{n}", self._jobs) for n in range(self.settings.workers)]
+        for name, target in targets:
+            thread = threading.Thread(target=self._guard, args=(name, target), name=name,
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        logger.info("started %d job worker(s), delivery and housekeeping", self.settings.workers)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _guard(self, name: str, loop: object) -> None:
+        """Run a loop; a database outage pauses it rather than killing the thread."""
+        me = worker_id(name)
+        while not self.stopping.is_set():
+            try:
+                loop(me)  # type: ignore[operator]
+                return
+            except sa.exc.SQLAlchemyError as exc:
+                logger.error("%s: database error (%s); retrying in %.0f s", name,
+                             str(exc).splitlines()[0], self.settings.poll_interval_s * 5)
+            except Exception:
+                logger.exception("%s: unexpected error; restarting the loop", name)
+            self.stopping.wait(self.settings.poll_interval_s * 5)
+
+    def _jobs(self, me: str) -> None:
+        while not self.stopping.is_set():
+            job_id = claim_next_job(self.db, me, self.settings.job_lease_s)
+            if job_id is None:
+                self.stopping.wait(self.settings.poll_interval_s)
+                continue
+            self.runner.run(job_id, me)
+
+    def _delivery(self, me: str) -> None:
+        while not self.stopping.is_set():
+            if not deliver_due(self.db, self.spool, self.settings, me):
+                self.stopping.wait(self.settings.poll_interval_s)
+
+    def _housekeeping(self, me: str) -> None:
+        while not self.stopping.is_set():
+            queue_ready_studies(self.db, self.settings.quiet_period_s)
+            recover_abandoned(self.db, self.settings.max_job_attempts)
+            self.stopping.wait(self.settings.poll_interval_s)

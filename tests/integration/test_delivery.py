@@ -1,0 +1,151 @@
+"""Delivery of result objects to dcmtk's storescp: on time, late, dead-lettered and retried."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from mammo_scp.config import Settings
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Delivery, Job
+from mammo_scp.jobs.service import retry_job
+from mammo_scp.jobs.states import DeliveryState, JobState
+from mammo_scp.node import run
+from mammo_scp.pipeline import JobContext, Pipeline, ResultObject, Stage, default_pipeline
+from tests.support.mg import four_view_study
+from tests.support.peers import StoreSCP, free_port, storescu, wait_for
+
+AET = "MAMMO_SCP"
+
+
+def _derived_copies(ctx: JobContext) -> str:
+    """A stand-in for the encoders: one derived object per processed image, UIDs
+    derived from the source so that a re-run produces the same objects."""
+    for uid, ds in ctx.datasets.items():
+        out = copy.deepcopy(ds)
+        out.SOPInstanceUID = generate_uid(entropy_srcs=[uid, "result"])
+        out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        out.SeriesInstanceUID = generate_uid(entropy_srcs=[ctx.study_uid, "result-series"])
+        out.SeriesDescription = "test result"
+        ctx.results.append(ResultObject("TEST", out))
+    return f"{len(ctx.results)} object(s)"
+
+
+class InProcessNode:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        pipeline = Pipeline(default_pipeline().stages + (Stage("derive", _derived_copies),))
+        self.thread = threading.Thread(
+            target=run, args=(settings,), kwargs={"with_scp": True, "pipeline": pipeline,
+                                                  "stop": self.stop}, daemon=True)
+        self.db = Database(settings.db_url)
+
+    def jobs(self) -> list[Job]:
+        with self.db.session() as session:
+            return list(session.scalars(sa.select(Job).order_by(Job.id)))
+
+    def deliveries(self) -> list[Delivery]:
+        with self.db.session() as session:
+            return list(session.scalars(sa.select(Delivery).order_by(Delivery.id)))
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, database_url: str) -> Iterator[object]:
+    nodes: list[InProcessNode] = []
+    saved_tempdir = tempfile.tempdir
+
+    def factory(pacs_port: int, **overrides: object) -> InProcessNode:
+        values = {
+            "port": free_port(), "bind_address": "127.0.0.1", "data_dir": tmp_path / "data",
+            "database_url": database_url, "quiet_period_s": 2.0, "poll_interval_s": 0.2,
+            "min_free_mb": 1, "delivery_backoff_s": 0.5, "delivery_backoff_max_s": 2.0,
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                              "port": pacs_port}],
+        } | overrides
+        node = InProcessNode(Settings.model_validate(values))
+        node.thread.start()
+        wait_for(lambda: _listening(node.settings.port), 30, what="the node to listen")
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in nodes:
+        node.stop.set()
+        node.thread.join(30)
+        node.db.dispose()
+    tempfile.tempdir = saved_tempdir
+
+
+def _listening(port: int) -> bool:
+    from tests.support.peers import echo_ok
+    return echo_ok(port, AET, 1.0)
+
+
+def _send_study(node: InProcessNode, directory: Path) -> list[Path]:
+    _, files = four_view_study(directory)
+    sent = storescu(node.settings.port, AET, files)
+    assert sent.returncode == 0, sent.stderr
+    return files
+
+
+def test_results_reach_storescp(make_node, tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        node = make_node(pacs.port)
+        files = _send_study(node, tmp_path / "study")
+        wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 30,
+                 what="the job to be delivered")
+        received = pacs.files()
+        assert len(received) == len(files) == 4
+        sources = {str(dcmread(f).SOPInstanceUID) for f in files}
+        results = {str(dcmread(f).SOPInstanceUID) for f in received}
+        assert not sources & results
+        assert all(d.state == DeliveryState.DELIVERED and d.attempts == 1
+                   for d in node.deliveries())
+    finally:
+        pacs.stop()
+
+
+def test_delivery_is_retried_until_a_late_destination_starts(make_node, tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", free_port())
+    node = make_node(pacs.port, delivery_max_attempts=20)
+    _send_study(node, tmp_path / "study")
+    wait_for(lambda: any(d.attempts >= 2 for d in node.deliveries()), 30,
+             what="failed delivery attempts")
+    assert all(d.state != DeliveryState.DELIVERED for d in node.deliveries())
+    assert node.jobs()[0].state == JobState.DELIVERING
+    pacs.start()
+    try:
+        wait_for(lambda: node.jobs()[0].state == JobState.DONE, 60, what="late delivery")
+        assert len(pacs.files()) == 4
+        assert all(d.state == DeliveryState.DELIVERED for d in node.deliveries())
+        assert max(d.attempts for d in node.deliveries()) >= 2
+    finally:
+        pacs.stop()
+
+
+def test_dead_letter_then_jobs_retry_resends(make_node, tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", free_port())
+    node = make_node(pacs.port, delivery_max_attempts=2)
+    _send_study(node, tmp_path / "study")
+    wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DEAD_LETTER, 30,
+             what="the job to be dead-lettered")
+    deliveries = node.deliveries()
+    assert all(d.state == DeliveryState.DEAD and d.attempts == 2 for d in deliveries)
+    assert all("association" in (d.last_error or "") for d in deliveries)
+    pacs.start()
+    try:
+        retry_job(node.db, node.jobs()[0].id)
+        wait_for(lambda: node.jobs()[0].state == JobState.DONE, 30, what="the retried delivery")
+        assert len(pacs.files()) == 4
+    finally:
+        pacs.stop()

@@ -1,0 +1,144 @@
+"""`mammo-scp serve` as a process, fed by dcmtk's storescu: ingest, completion, jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydicom import dcmread
+
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Instance, Job
+from mammo_scp.jobs.states import CompletionTrigger, JobState
+from tests.support.mg import make_mg, four_view_study
+from tests.support.peers import NodeProcess, echo_ok, free_port, storescu, wait_for, write_config
+
+AET = "MAMMO_SCP"
+
+
+@dataclass
+class RunningNode:
+    process: NodeProcess
+    port: int
+    config: Path
+    data: Path
+    db: Database
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mammo_scp", *args, "--config",
+                               str(self.config)], capture_output=True, text=True, timeout=60)
+
+    def jobs(self) -> list[Job]:
+        with self.db.session() as session:
+            return list(session.scalars(sa.select(Job).order_by(Job.id)))
+
+
+@pytest.fixture
+def node(tmp_path: Path, database_url: str) -> Iterator[RunningNode]:
+    port = free_port()
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "node.toml", {
+        "port": port, "bind_address": "127.0.0.1", "data_dir": str(data),
+        "database_url": database_url, "quiet_period_s": 3.0, "poll_interval_s": 0.2,
+        "min_free_mb": 1,
+    })
+    process = NodeProcess("serve", config, tmp_path / "serve.log").start()
+    try:
+        process.wait_listening(port, AET)
+        yield RunningNode(process, port, config, data, Database(database_url))
+    finally:
+        code = process.stop()
+        print(process.output())
+    assert code == 0, "the node did not shut down cleanly on SIGTERM"
+
+
+def _acknowledged(result: subprocess.CompletedProcess[str]) -> int:
+    return result.stderr.count("Received Store Response (Success)")
+
+
+def test_four_view_study_is_stored_tracked_and_completed(node: RunningNode, tmp_path: Path) -> None:
+    study_uid, files = four_view_study(tmp_path / "study")
+    sent = storescu(node.port, AET, files)
+    assert sent.returncode == 0, sent.stderr
+    assert _acknowledged(sent) == 4, sent.stderr
+
+    with node.db.session() as session:
+        rows = session.scalars(sa.select(Instance)).all()
+        assert len(rows) == 4
+        for row in rows:
+            stored = node.data / "spool" / row.path
+            assert stored.is_file()
+            assert dcmread(stored).SOPInstanceUID == row.sop_instance_uid
+    assert {(r.laterality, r.view) for r in rows} == {("R", "CC"), ("L", "CC"),
+                                                      ("R", "MLO"), ("L", "MLO")}
+
+    jobs = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 20,
+                    what="the job to finish")
+    assert len(node.jobs()) == 1
+    assert jobs[0].trigger == CompletionTrigger.FOUR_VIEWS
+
+    listed = json.loads(node.cli("jobs", "list", "--json").stdout)
+    assert [(j["state"], j["instances"], j["study_uid"]) for j in listed] == [
+        ("done", 4, study_uid)]
+    shown = node.cli("jobs", "show", str(jobs[0].id))
+    assert "queued -> running" in shown.stdout and "load" in shown.stdout
+
+
+def test_incomplete_study_is_completed_by_the_quiet_period(node: RunningNode,
+                                                           tmp_path: Path) -> None:
+    study_uid, files = four_view_study(tmp_path / "study")
+    sent = storescu(node.port, AET, files[:2])
+    assert _acknowledged(sent) == 2
+    # Within the quiet period (3 s) no job may start for two views.
+    assert not node.jobs()
+    jobs = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 20,
+                    what="the quiet period to complete the study")
+    assert jobs[0].trigger == CompletionTrigger.QUIET_PERIOD
+    # Instances arriving after the job ran make a new job for the same study.
+    sent = storescu(node.port, AET, files[2:])
+    assert _acknowledged(sent) == 2
+    wait_for(lambda: len([j for j in node.jobs() if j.state == JobState.DONE]) == 2, 20,
+             what="a second job for the late instances")
+    with node.db.session() as session:
+        per_job = session.execute(sa.select(Instance.job_id, sa.func.count())
+                                  .group_by(Instance.job_id)).all()
+    assert sorted(n for _, n in per_job) == [2, 2]
+
+
+def test_same_instance_twice_is_acknowledged_and_stored_once(node: RunningNode,
+                                                             tmp_path: Path) -> None:
+    _, files = four_view_study(tmp_path / "study")
+    first = storescu(node.port, AET, files[:1])
+    second = storescu(node.port, AET, files[:1])
+    assert _acknowledged(first) == 1 and _acknowledged(second) == 1
+    with node.db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 1
+    stored = list((node.data / "spool" / "instances").rglob("*.dcm"))
+    assert len(stored) == 1
+    assert "received again" in node.process.output()
+
+
+def test_other_sop_classes_are_refused_and_the_node_keeps_serving(node: RunningNode,
+                                                                  tmp_path: Path) -> None:
+    ds = make_mg("R", "CC", study_uid="1.2.3.4")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT
+    ds.Modality = "CT"
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    sent = storescu(node.port, AET, [path])
+    assert _acknowledged(sent) == 0
+    assert "no presentation context" in sent.stderr.lower() or sent.returncode != 0
+    assert echo_ok(node.port, AET)
+    with node.db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 0
+
+
+def test_wrong_called_ae_title_is_rejected(node: RunningNode) -> None:
+    assert not echo_ok(node.port, "SOMEONE_ELSE")
+    assert echo_ok(node.port, AET)

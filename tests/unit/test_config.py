@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammo_scp.config import ConfigError, load_settings, render_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings.ae_title == "MAMMO_SCP"
+    assert settings.port == 11112
+    assert settings.quiet_period_s == 30.0
+    assert settings.db_url.startswith("sqlite:///") and settings.db_url.endswith("mammo-scp.db")
+    assert settings.spool == (Path("mammo-scp-data") / "spool").resolve()
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('ae_title = "SITE_AI"\nport = 104\nworkers = 3\n'
+                    '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
+                    'host = "10.0.0.5"\nport = 4242\n')
+    settings = load_settings(path, environ={"MAMMO_SCP_PORT": "11113"})
+    assert (settings.ae_title, settings.port, settings.workers) == ("SITE_AI", 11113, 3)
+    assert settings.destinations[0].ae_title == "ORTHANC"
+    assert 'port = 11113' in render_settings(settings)
+
+
+def test_destinations_from_environment_json() -> None:
+    settings = load_settings(environ={"MAMMO_SCP_DESTINATIONS":
+                                      '[{"name": "a", "ae_title": "A", "host": "h", "port": 1}]'})
+    assert settings.destinations[0].name == "a"
+
+
+@pytest.mark.parametrize("environ,named", [
+    ({"MAMMO_SCP_PORT": "70000"}, "'port'"),
+    ({"MAMMO_SCP_AE_TITLE": "THIS_TITLE_IS_TOO_LONG"}, "'ae_title'"),
+    ({"MAMMO_SCP_WORKERS": "many"}, "'workers'"),
+    ({"MAMMO_SCP_DATABASE_URL": "mysql://x"}, "'database_url'"),
+    ({"MAMMO_SCP_PROT": "104"}, "MAMMO_SCP_PROT"),
+    ({"MAMMO_SCP_DESTINATIONS": "[{"}, "MAMMO_SCP_DESTINATIONS"),
+    ({"MAMMO_SCP_DESTINATIONS": '[{"name": "a", "ae_title": "A", "host": "h"}]'},
+     "'destinations.0.port'"),
+])
+def test_bad_values_name_the_key(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_settings(environ=environ)
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("quiet_period = 5\n")
+    with pytest.raises(ConfigError, match="'quiet_period'"):
+        load_settings(path, environ={})
+
+
+def test_serve_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("port = 0\n")
+    done = subprocess.run([sys.executable, "-m", "mammo_scp", "serve", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "key 'port'" in done.stderr
