@@ -37,8 +37,8 @@ def has_four_views(views: Iterable[tuple[str | None, str | None]]) -> bool:
     present = set()
     for laterality, view in views:
         if laterality in Laterality._value2member_map_ and view in View._value2member_map_:
-            present.add((Laterality(laterality), View(view)))
-    return FOUR_VIEWS <= present
+            present.add((Laterality(str(laterality)), View(str(view))))
+    return present >= FOUR_VIEWS
 
 
 def ready_trigger(views: list[tuple[str | None, str | None]], last_received_at: datetime,

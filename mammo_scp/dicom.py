@@ -43,7 +43,7 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 
 class StoreStatus(IntEnum):
-    """C-STORE response statuses the node returns (PS3.4 B.2.3); documented in the conformance statement."""
+    """C-STORE response statuses the node returns (PS3.4 B.2.3), listed in the README."""
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700          # disk or database unavailable, or below the free-space floor

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from mammo_scp.config import Settings
 from mammo_scp.completion import queue_ready_studies
+from mammo_scp.config import Settings
 from mammo_scp.db import Database
 from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import (
@@ -127,9 +127,9 @@ class JobRunner:
                                            self.spool.relative(path))
                        for uid, sop_class, kind, path in written]
             destinations = [d.name for d in self.settings.destinations]
-            for result in results:
+            for row in results:
                 for name in destinations:
-                    self._queue_delivery(session, ctx.job_id, result.id, name)
+                    self._queue_delivery(session, ctx.job_id, row.id, name)
             job.worker = None
             job.lease_expires_at = None
             if not ctx.datasets and not results:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -57,6 +58,11 @@ def _worker_is_dead_here(worker: str | None) -> bool:
     return False
 
 
+def _rowcount(result: sa.Result[Any]) -> int:
+    """Rows matched by an UPDATE (a CursorResult; the generic Result type does not say so)."""
+    return int(cast(sa.CursorResult[Any], result).rowcount)
+
+
 def transition(session: Session, job: Job, to: JobState, reason: str,
                worker: str | None = None) -> None:
     """Move ``job`` to ``to`` and record the event; raise TransitionError if not allowed."""
@@ -77,16 +83,17 @@ def record_stage(db: Database, job_id: int, stage: str, duration_ms: float, mess
                              message=message, worker=worker))
 
 
-def create_job(session: Session, study: Study, trigger: CompletionTrigger, reason: str) -> Job | None:
+def create_job(session: Session, study: Study, trigger: CompletionTrigger,
+               reason: str) -> Job | None:
     """Queue a job for the study's instances that no job has taken yet (None if there are none)."""
     job = Job(study_id=study.id, state=JobState.QUEUED, trigger=trigger)
     session.add(job)
     session.flush()
-    taken = session.execute(
+    taken = _rowcount(session.execute(
         sa.update(Instance)
         .where(Instance.study_id == study.id, Instance.job_id.is_(None))
         .values(job_id=job.id)
-    ).rowcount
+    ))
     if not taken:
         session.delete(job)
         return None
@@ -126,11 +133,11 @@ def claim_next_job(db: Database, worker: str, lease_s: float) -> int | None:
 def renew_lease(db: Database, job_id: int, worker: str, lease_s: float) -> bool:
     """Extend a running job's lease; False if the worker no longer holds it."""
     with db.session() as session:
-        renewed = session.execute(
+        renewed = _rowcount(session.execute(
             sa.update(Job)
             .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-        ).rowcount
+        ))
     return bool(renewed)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mammo_scp.config import Settings
@@ -28,7 +29,7 @@ def _handle_echo(event: evt.Event) -> int:
 
 
 def _handle_store(event: evt.Event, ingestor: Ingestor) -> int:
-    request = event.request
+    request = cast(C_STORE, event.request)
     return int(ingestor.ingest(
         Path(event.dataset_path),
         command_sop_class=str(request.AffectedSOPClassUID),

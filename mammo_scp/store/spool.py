@@ -51,7 +51,7 @@ class Spool:
         self.results = self.root / "results"
 
     def prepare(self) -> None:
-        """Create the layout (owner-only permissions) and drop partial transfers of a previous run."""
+        """Create the layout (owner-only permissions); drop partial transfers of a previous run."""
         for path in (self.root, self.incoming, self.instances, self.results):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         stale = list(self.incoming.iterdir())

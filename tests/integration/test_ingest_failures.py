@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from mammo_scp.config import Settings
-from mammo_scp.db import Database, upgrade
+from mammo_scp.db import Database
 from mammo_scp.dicom import StoreStatus
 from mammo_scp.jobs.models import Instance
 from mammo_scp.receive.scp import start_scp
@@ -100,13 +100,17 @@ def test_dataset_uid_differing_from_the_command_is_refused(scp: Scp, tmp_path: P
     assert scp.rows() == 0
 
 
-def test_unparseable_dataset_cannot_be_understood(scp: Scp) -> None:
+@pytest.mark.parametrize("content,expected", [
+    (b"not a DICOM file at all", StoreStatus.CANNOT_UNDERSTAND),
+    (b"\0" * 128 + b"DICM" + b"\xff" * 64, StoreStatus.INVALID_UID),  # no UIDs to be found
+])
+def test_unusable_dataset_is_refused(scp: Scp, content: bytes, expected: StoreStatus) -> None:
     received = scp.spool.incoming / "garbage.dcm"
-    received.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    received.write_bytes(content)
     status = scp.ingestor.ingest(received, command_sop_class=MG_FOR_PRESENTATION,
-                                 command_sop_instance="1.2.3", transfer_syntax="1.2.840.10008.1.2.1",
-                                 calling_ae="TESTSCU")
-    assert status in (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.INVALID_UID)
+                                 command_sop_instance="1.2.3",
+                                 transfer_syntax="1.2.840.10008.1.2.1", calling_ae="TESTSCU")
+    assert status == expected
     assert scp.rows() == 0
 
 
@@ -137,7 +141,9 @@ def test_unwritable_spool_means_out_of_resources(scp: Scp) -> None:
     assert scp.rows() == 0
 
 
-def test_disk_write_failure_means_out_of_resources(scp: Scp, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_write_failure_means_out_of_resources(
+    scp: Scp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full_disk(*_args: object) -> None:
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("mammo_scp.store.spool.os.replace", full_disk)

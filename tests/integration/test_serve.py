@@ -16,7 +16,7 @@ from pydicom import dcmread
 from mammo_scp.db import Database
 from mammo_scp.jobs.models import Instance, Job
 from mammo_scp.jobs.states import CompletionTrigger, JobState
-from tests.support.mg import make_mg, four_view_study
+from tests.support.mg import four_view_study, make_mg
 from tests.support.peers import NodeProcess, echo_ok, free_port, storescu, wait_for, write_config
 
 AET = "MAMMO_SCP"

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -26,7 +26,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-
 from pynetdicom import AE
 
 from mammo_scp.db import Database

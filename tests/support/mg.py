@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
@@ -162,7 +162,7 @@ def make_mg(
 
 def four_view_study(directory: Path, *, patient: Patient = Patient(), rows: int = 256,
                     cols: int = 208, seed: int = 0) -> tuple[str, list[Path]]:
-    """Write RCC, LCC, RMLO and LMLO of one new study into ``directory``; return its UID and files."""
+    """Write RCC, LCC, RMLO and LMLO of a new study into ``directory``; return UID and files."""
     directory.mkdir(parents=True, exist_ok=True)
     study_uid = generate_uid()
     paths = []

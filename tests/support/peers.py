@@ -139,7 +139,8 @@ class StoreSCP:
     def start(self) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(DCMTK_BIN / "storescp"), "-aet", self.aet, "-od", str(self.directory), str(self.port)],
+            [str(DCMTK_BIN / "storescp"), "-aet", self.aet, "-od", str(self.directory),
+             str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: echo_ok(self.port, self.aet, 1.0), 20, what="storescp to listen")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian packages, a virtual environment with the
+# node and its test extras) and run the whole suite, SQLite and PostgreSQL.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+export DEBIAN_FRONTEND=noninteractive
+as_root apt-get update -qq
+# dcmtk: storescu/storescp and the compressors; dicom3tools: dciodvfy;
+# postgresql: the server the suite runs against (already running on project machines).
+as_root apt-get install -y -qq --no-install-recommends \
+    python3-venv dcmtk dicom3tools postgresql >/dev/null
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+export MAMMO_TEST_POSTGRES_URL="${MAMMO_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
