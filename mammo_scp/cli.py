@@ -17,7 +17,7 @@ from mammo_scp import __version__
 from mammo_scp.config import ConfigError, Settings, load_settings, render_settings
 from mammo_scp.db import Database, upgrade
 from mammo_scp.dicom import SopClass
-from mammo_scp.jobs.models import Instance, Job, Study
+from mammo_scp.jobs.models import Job, Study
 from mammo_scp.jobs.service import TransitionError, retry_job
 from mammo_scp.jobs.states import JobState
 from mammo_scp.node import configure_logging, run

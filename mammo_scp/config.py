@@ -47,16 +47,52 @@ def _check_ae_title(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 
 
-class Destination(BaseModel):
-    """A peer that receives the node's result objects by C-STORE."""
+class Peer(BaseModel):
+    """Where a DICOM AE listens."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=64)
-    ae_title: AETitle
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+
+
+class DicomDestination(Peer):
+    """A peer that receives the node's result objects by C-STORE."""
+
     kind: Literal["dicom"] = "dicom"
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: AETitle
+
+
+class DicomWebDestination(BaseModel):
+    """A DICOMweb server that receives the result objects by STOW-RS (POST {url}/studies)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["dicomweb"]
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(pattern=r"^https?://")
+    username: str | None = None
+    password: str | None = None
+
+
+class CallerDestination(BaseModel):
+    """Send the results back to the AE that sent the study, looked up by calling AE title.
+
+    For PACS that expect results from the node they routed to; a study from an AE
+    missing from ``peers`` gets a dead delivery naming it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["caller"]
+    name: str = Field(min_length=1, max_length=64)
+    peers: dict[AETitle, Peer] = Field(min_length=1)
+
+
+Destination = Annotated[
+    DicomDestination | DicomWebDestination | CallerDestination, Field(discriminator="kind")
+]
 
 
 class Settings(BaseModel):
@@ -92,6 +128,14 @@ class Settings(BaseModel):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _dicom_by_default(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [({"kind": "dicom"} | item) if isinstance(item, dict) else item
+                    for item in value]
+        return value
+
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Settings:
         names = [d.name for d in self.destinations]
@@ -104,6 +148,10 @@ class Settings(BaseModel):
     def spool(self) -> Path:
         """Where received instances and result objects are kept."""
         return (self.spool_dir or self.data_dir / "spool").resolve()
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.destinations)
 
     @property
     def db_url(self) -> str:
@@ -159,18 +207,27 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"bad configuration ({source}): " + "; ".join(problems)) from exc
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 def render_settings(settings: Settings) -> str:
-    """The effective configuration as TOML, for ``mammo-scp config show``."""
+    """The effective configuration as TOML, for ``mammo-scp config show`` (passwords masked)."""
     lines = []
     data = settings.model_dump(mode="json")
     data["spool_dir"] = str(settings.spool)
     data["database_url"] = settings.db_url
     destinations = data.pop("destinations")
     for key, value in data.items():
-        lines.append(f"{key} = {json.dumps(value)}")
+        lines.append(f"{key} = {_toml_value(value)}")
     for dest in destinations:
         lines.append("")
         lines.append("[[destinations]]")
         for key, value in dest.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value('***' if key == 'password' else value)}")
     return "\n".join(lines) + "\n"

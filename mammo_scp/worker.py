@@ -126,7 +126,7 @@ class JobRunner:
             results = [self._upsert_result(session, ctx.job_id, uid, sop_class, kind,
                                            self.spool.relative(path))
                        for uid, sop_class, kind, path in written]
-            destinations = [d.name for d in self.settings.destinations]
+            destinations = self.settings.destination_names
             for row in results:
                 for name in destinations:
                     self._queue_delivery(session, ctx.job_id, row.id, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
-from mammo_scp.config import Destination
+from mammo_scp.config import DicomDestination
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +19,17 @@ _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 @dataclass(frozen=True)
 class SendOutcome:
-    """None ``error`` means the destination acknowledged the object."""
+    """None ``error`` means the destination acknowledged the object.
+
+    ``permanent`` marks an error that no retry can mend (the delivery dies at once).
+    """
 
     path: Path
     error: str | None
+    permanent: bool = False
 
 
-def send_files(destination: Destination, calling_ae: str, paths: list[Path],
+def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path],
                timeout_s: float) -> list[SendOutcome]:
     """Send ``paths`` in one association; one outcome per path, in order."""
     datasets = [dcmread(path) for path in paths]

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from mammo_scp.config import Settings
+from mammo_scp.config import Destination, DicomDestination, DicomWebDestination, Settings
 from mammo_scp.db import Database
-from mammo_scp.jobs.models import Delivery, Job, Result, utcnow
+from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import transition
 from mammo_scp.jobs.states import DeliveryState, JobState
-from mammo_scp.send.cstore import send_files
+from mammo_scp.send.cstore import SendOutcome, send_files
+from mammo_scp.send.stow import stow_files
 from mammo_scp.store.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class _Claimed:
     destination: str
     path: Path
     sop_instance_uid: str
+    calling_ae: str | None
 
 
 def backoff_s(settings: Settings, attempts: int) -> float:
@@ -59,8 +61,11 @@ def _claim_due(db: Database, spool: Spool, worker: str, settings: Settings,
             delivery.lease_expires_at = now + timedelta(seconds=settings.delivery_timeout_s * 4)
             result = session.get(Result, delivery.result_id)
             assert result is not None
+            calling_ae = session.scalar(sa.select(Instance.calling_ae)
+                                        .where(Instance.job_id == delivery.job_id).limit(1))
             claimed.append(_Claimed(delivery.id, delivery.job_id, delivery.destination,
-                                    spool.absolute(result.path), result.sop_instance_uid))
+                                    spool.absolute(result.path), result.sop_instance_uid,
+                                    calling_ae))
     return claimed
 
 
@@ -74,23 +79,51 @@ def deliver_due(db: Database, spool: Spool, settings: Settings, worker: str,
     by_destination: dict[str, list[_Claimed]] = defaultdict(list)
     for item in claimed:
         by_destination[item.destination].append(item)
-    outcomes: dict[int, str | None] = {}
+    outcomes: dict[int, SendOutcome] = {}
     for name, items in by_destination.items():
         destination = destinations.get(name)
         if destination is None:
             for item in items:
-                outcomes[item.delivery_id] = f"destination {name!r} is no longer configured"
+                outcomes[item.delivery_id] = SendOutcome(
+                    item.path, f"destination {name!r} is no longer configured", permanent=True)
             continue
-        sent = send_files(destination, settings.ae_title, [i.path for i in items],
-                          settings.delivery_timeout_s)
-        for item, outcome in zip(items, sent, strict=True):
-            outcomes[item.delivery_id] = outcome.error
-    _record(db, settings, claimed, outcomes, set(destinations))
+        outcomes.update(_send(destination, settings, items))
+    _record(db, settings, claimed, outcomes)
     return len(claimed)
 
 
+def _send(destination: Destination, settings: Settings,
+          items: list[_Claimed]) -> dict[int, SendOutcome]:
+    """One handler per kind of destination; returns delivery id -> outcome."""
+    timeout = settings.delivery_timeout_s
+    if isinstance(destination, DicomWebDestination):
+        sent = stow_files(destination, [i.path for i in items], timeout)
+        return {i.delivery_id: o for i, o in zip(items, sent, strict=True)}
+    if isinstance(destination, DicomDestination):
+        sent = send_files(destination, settings.ae_title, [i.path for i in items], timeout)
+        return {i.delivery_id: o for i, o in zip(items, sent, strict=True)}
+    # CallerDestination: back to the AE that sent each job's study.
+    outcomes: dict[int, SendOutcome] = {}
+    by_caller: dict[str | None, list[_Claimed]] = defaultdict(list)
+    for item in items:
+        by_caller[item.calling_ae].append(item)
+    for calling_ae, group in by_caller.items():
+        peer = destination.peers.get(calling_ae or "")
+        if peer is None:
+            for item in group:
+                outcomes[item.delivery_id] = SendOutcome(
+                    item.path, f"calling AE {calling_ae!r} is not in the peers of destination "
+                               f"{destination.name!r}", permanent=True)
+            continue
+        target = DicomDestination(name=destination.name, ae_title=str(calling_ae),
+                                  host=peer.host, port=peer.port)
+        sent = send_files(target, settings.ae_title, [i.path for i in group], timeout)
+        outcomes.update({i.delivery_id: o for i, o in zip(group, sent, strict=True)})
+    return outcomes
+
+
 def _record(db: Database, settings: Settings, claimed: list[_Claimed],
-            outcomes: dict[int, str | None], configured: set[str]) -> None:
+            outcomes: dict[int, SendOutcome]) -> None:
     now = utcnow()
     with db.session() as session:
         for item in claimed:
@@ -100,7 +133,8 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
             delivery.worker = None
             delivery.lease_expires_at = None
             delivery.attempts += 1
-            error = outcomes[item.delivery_id]
+            outcome = outcomes[item.delivery_id]
+            error = outcome.error
             if error is None:
                 delivery.state = DeliveryState.DELIVERED
                 delivery.delivered_at = now
@@ -109,8 +143,7 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
                             item.destination)
                 continue
             delivery.last_error = error
-            out_of_attempts = delivery.attempts >= settings.delivery_max_attempts
-            if out_of_attempts or item.destination not in configured:
+            if outcome.permanent or delivery.attempts >= settings.delivery_max_attempts:
                 delivery.state = DeliveryState.DEAD
                 logger.error("job %d: delivery of %s to %s dead after %d attempt(s): %s",
                              item.job_id, item.sop_instance_uid, item.destination,

@@ -21,6 +21,7 @@ from mammo_scp.jobs.states import DeliveryState, JobState
 from mammo_scp.node import run
 from mammo_scp.pipeline import JobContext, Pipeline, ResultObject, Stage, default_pipeline
 from tests.support.mg import four_view_study
+from tests.support.orthanc import Orthanc
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
 
 AET = "MAMMO_SCP"
@@ -63,13 +64,13 @@ def make_node(tmp_path: Path, database_url: str) -> Iterator[object]:
     nodes: list[InProcessNode] = []
     saved_tempdir = tempfile.tempdir
 
-    def factory(pacs_port: int, **overrides: object) -> InProcessNode:
+    def factory(pacs_port: int | None, **overrides: object) -> InProcessNode:
         values = {
             "port": free_port(), "bind_address": "127.0.0.1", "data_dir": tmp_path / "data",
             "database_url": database_url, "quiet_period_s": 2.0, "poll_interval_s": 0.2,
             "min_free_mb": 1, "delivery_backoff_s": 0.5, "delivery_backoff_max_s": 2.0,
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
-                              "port": pacs_port}],
+                              "port": pacs_port}] if pacs_port else [],
         } | overrides
         node = InProcessNode(Settings.model_validate(values))
         node.thread.start()
@@ -147,5 +148,47 @@ def test_dead_letter_then_jobs_retry_resends(make_node, tmp_path: Path) -> None:
         retry_job(node.db, node.jobs()[0].id)
         wait_for(lambda: node.jobs()[0].state == JobState.DONE, 30, what="the retried delivery")
         assert len(pacs.files()) == 4
+    finally:
+        pacs.stop()
+
+
+def test_results_go_back_to_the_calling_ae(make_node, tmp_path: Path) -> None:
+    caller = StoreSCP(tmp_path / "modality", free_port(), aet="STORESCU").start()
+    try:
+        node = make_node(None, destinations=[{
+            "name": "back", "kind": "caller",
+            "peers": {"STORESCU": {"host": "127.0.0.1", "port": caller.port}}}])
+        _send_study(node, tmp_path / "study")  # storescu calls as STORESCU
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 30,
+                 what="delivery back to the caller")
+        assert len(caller.files()) == 4
+    finally:
+        caller.stop()
+
+
+def test_unknown_calling_ae_is_dead_at_once_with_the_reason(make_node, tmp_path: Path) -> None:
+    node = make_node(None, delivery_max_attempts=5, destinations=[{
+        "name": "back", "kind": "caller", "peers": {"OTHER": {"host": "127.0.0.1", "port": 1}}}])
+    _send_study(node, tmp_path / "study")
+    wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DEAD_LETTER, 30,
+             what="the job to be dead-lettered")
+    deliveries = node.deliveries()
+    assert all(d.attempts == 1 for d in deliveries)
+    assert "calling AE 'STORESCU' is not in the peers" in (deliveries[0].last_error or "")
+
+
+def test_results_reach_orthanc_by_stow_rs(make_node, tmp_path: Path) -> None:
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    try:
+        node = make_node(None, destinations=[{"name": "web", "kind": "dicomweb",
+                                              "url": pacs.dicomweb_url}])
+        files = _send_study(node, tmp_path / "study")
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 60,
+                 what="STOW-RS delivery")
+        stored = {pacs.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"]
+                  for i in pacs.get("/instances")}
+        expected = {str(generate_uid(entropy_srcs=[str(dcmread(f).SOPInstanceUID), "result"]))
+                    for f in files}
+        assert stored == expected
     finally:
         pacs.stop()
