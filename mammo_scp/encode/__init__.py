@@ -1,0 +1,12 @@
+"""DICOM result objects built from :mod:`mammo_scp.results`.
+
+* :func:`build_seg`: one BINARY SEG per image with a segmented mass.
+* :func:`build_measurement_report`: one TID 1500 Comprehensive 3D SR per study.
+* :func:`build_cad_sr`: one Mammography CAD SR (TID 4000) per study.
+"""
+
+from mammo_scp.encode.cad_sr import build_cad_sr
+from mammo_scp.encode.seg import build_seg
+from mammo_scp.encode.sr import build_measurement_report
+
+__all__ = ["build_cad_sr", "build_measurement_report", "build_seg"]

@@ -1,0 +1,197 @@
+"""What every result object takes from its source images: identity, laterality, view.
+
+The result objects live in the source study, so the Patient, Patient Study,
+General Study and Clinical Trial Subject/Study attributes are copied verbatim
+from the source; anything else would split the study in the PACS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from copy import deepcopy
+
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+
+from mammo_scp import __version__
+from mammo_scp.encode.codes import Laterality
+from mammo_scp.results import ImageAnalysis, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "mammo-scp"
+SOFTWARE_VERSION = f"mammo-scp {__version__}"
+DEVICE_SERIAL_NUMBER = "0"
+
+# Patient, Patient Study, General Study and Clinical Trial modules (PS3.3 C.7.1.1,
+# C.7.2.1, C.7.2.2, C.7.1.3, C.7.2.3): copied whenever the source has them.
+PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "TypeOfPatientID",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientComments",
+    "EthnicGroup",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "ProcedureCodeSequence",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "AdditionalPatientHistory",
+    "ClinicalTrialSponsorName",
+    "ClinicalTrialProtocolID",
+    "ClinicalTrialProtocolName",
+    "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "ClinicalTrialTimePointID",
+    "ClinicalTrialTimePointDescription",
+)
+
+# Attributes whose values must agree across all images of one study-level object.
+STUDY_IDENTITY_KEYWORDS: tuple[str, ...] = ("StudyInstanceUID", "PatientID", "PatientName")
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the patient and study attributes of ``source`` into ``target`` (overwriting)."""
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            setattr(target, keyword, deepcopy(source[keyword].value))
+
+
+def laterality_of(source: Dataset) -> Laterality:
+    """The breast an MG image shows, from ImageLaterality (or series Laterality).
+
+    Raises
+    ------
+    ValueError
+        If the image is not of exactly one breast (R or L).
+    """
+    value = source.get("ImageLaterality") or source.get("Laterality")
+    try:
+        return Laterality(value)
+    except ValueError:
+        raise ValueError(
+            f"source {source.get('SOPInstanceUID')} has ImageLaterality {value!r}; "
+            "only single-breast images (R or L) can be encoded"
+        ) from None
+
+
+def view_label_of(source: Dataset) -> str:
+    """A short view label such as 'CC' or 'MLO' (ViewPosition, else the view code meaning)."""
+    if source.get("ViewPosition"):
+        return str(source.ViewPosition)
+    code = view_code_of(source)
+    return code.meaning if code is not None else "?"
+
+
+def view_code_of(source: Dataset) -> CodedConcept | None:
+    """The image's view (CID 4014) from ViewCodeSequence, or None when absent."""
+    items = source.get("ViewCodeSequence")
+    if not items:
+        return None
+    item = items[0]
+    # Only the code itself: View Modifier Code Sequence belongs to the image, not to an
+    # SR content item.
+    return CodedConcept(value=item.CodeValue, scheme_designator=item.CodingSchemeDesignator,
+                        meaning=item.CodeMeaning)
+
+
+def image_label(source: Dataset) -> str:
+    """'RCC', 'LMLO', ...: how radiologists name a view."""
+    return f"{laterality_of(source).value}{view_label_of(source)}"
+
+
+def check_analysis(source: Dataset, analysis: ImageAnalysis) -> None:
+    """Raise ValueError unless ``analysis`` belongs to ``source`` and matches its pixel grid."""
+    if analysis.sop_instance_uid != source.SOPInstanceUID:
+        raise ValueError(
+            f"analysis is for SOP Instance {analysis.sop_instance_uid}, "
+            f"but source is {source.SOPInstanceUID}"
+        )
+    shape = (int(source.Rows), int(source.Columns))
+    if analysis.mask.shape != shape:
+        raise ValueError(
+            f"analysis mask has shape {analysis.mask.shape}, source image is {shape} "
+            "(Rows, Columns); map the mask back to source pixels first"
+        )
+
+
+def check_one_study(sources: Sequence[Dataset]) -> None:
+    """Raise ValueError unless ``sources`` is non-empty and all of one patient and study."""
+    if not sources:
+        raise ValueError("sources must contain at least one image")
+    first = sources[0]
+    for source in sources[1:]:
+        for keyword in STUDY_IDENTITY_KEYWORDS:
+            if source.get(keyword) != first.get(keyword):
+                raise ValueError(
+                    f"sources mix studies: {keyword} of {source.SOPInstanceUID} differs "
+                    f"from that of {first.SOPInstanceUID}"
+                )
+
+
+def single_model(models: Sequence[ModelInfo], role: str) -> ModelInfo:
+    """The one model that made all analyses, for ``role`` ('segmenter' or 'detector').
+
+    Raises
+    ------
+    ValueError
+        If the analyses of one object come from different models or versions.
+    """
+    distinct = set(models)
+    if len(distinct) != 1:
+        raise ValueError(
+            f"analyses must all come from one {role}, got {sorted(map(str, distinct))}"
+        )
+    return distinct.pop()
+
+
+def pair_analyses(
+    sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis]
+) -> list[tuple[Dataset, ImageAnalysis]]:
+    """Match each source image with its analysis by SOP Instance UID, in source order.
+
+    Raises
+    ------
+    ValueError
+        If an image has no analysis, an analysis has no image, or a mask does not fit.
+    """
+    by_uid = {analysis.sop_instance_uid: analysis for analysis in analyses}
+    if len(by_uid) != len(analyses):
+        raise ValueError("analyses contains two analyses of the same SOP Instance")
+    source_uids = [str(source.SOPInstanceUID) for source in sources]
+    if len(set(source_uids)) != len(source_uids):
+        raise ValueError("sources contains the same SOP Instance twice")
+    missing = [uid for uid in source_uids if uid not in by_uid]
+    extra = sorted(set(by_uid) - set(source_uids))
+    if missing or extra:
+        raise ValueError(
+            f"analyses do not match sources: no analysis for {missing}, no source for {extra}"
+        )
+    pairs = [(source, by_uid[str(source.SOPInstanceUID)]) for source in sources]
+    for source, analysis in pairs:
+        check_analysis(source, analysis)
+    return pairs

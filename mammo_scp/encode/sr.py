@@ -1,0 +1,338 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR), one per study.
+
+Content, under the root "Imaging Measurement Report" (which OHIF reads):
+
+* Image Library: every processed image, with laterality and view (highdicom's
+  TID 1603 projection radiography descriptors).
+* Per finding, a TID 1410 measurement group: tracking identifier "Mass <n>
+  <RCC|LMLO...>" and a tracking UID, finding category "Morphologically abnormal
+  structure", finding "Mass", finding site Breast with laterality, the detector
+  as algorithm, the image region as a closed POLYLINE of the detection box, and
+  two measurements: Probability of cancer (DCM 111047, the detector's
+  ``p_malignant``) and Certainty of Finding (DCM 111012, the detector's
+  ``score``), both in percent (UCUM "%", as the Mammography CAD SR requires).
+* When a SEG was sent for that image and its mask overlaps the box, a second
+  TID 1410 group with the *same* tracking identifier and UID references the
+  SEG's segment 1 ("Mass", frame 1). TID 1410 allows one region per group
+  (an image region *or* a segment), so the two representations of one finding
+  are linked by the tracking UID; OHIF merges groups with equal tracking UIDs.
+* Per breast imaged, a TID 1501 group (tracking identifier "Right breast" /
+  "Left breast", finding site Breast with laterality) with Probability of
+  cancer = the maximum ``p_malignant`` over the findings on that breast's
+  images (0 when there are none), and one exam-level group ("Exam", finding
+  site Breast) with the maximum over both breasts.
+
+SCOORD coordinates are source image pixels, column then row, with (0, 0) the
+top left corner of the top left pixel (PS3.3 C.18.6.1.2). A
+:class:`~mammo_scp.results.Box` has exclusive right/bottom edges in the same
+convention, so its edges are written unchanged (clipped to the image).
+
+The document is COMPLETE and UNVERIFIED: no human has signed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from mammo_scp.encode import codes
+from mammo_scp.encode.codes import Laterality
+from mammo_scp.encode.common import (
+    MANUFACTURER,
+    SOFTWARE_VERSION,
+    check_one_study,
+    copy_patient_study,
+    image_label,
+    laterality_of,
+    pair_analyses,
+    single_model,
+    view_code_of,
+)
+from mammo_scp.encode.seg import SEGMENT_NUMBER
+from mammo_scp.encode.uids import ObjectKind, SeriesNumber, derive_uid, model_key
+from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+SERIES_DESCRIPTION = "AI mass measurements"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+EXAM_TRACKING_IDENTIFIER = "Exam"
+
+
+def box_polyline(box: Box, rows: int, columns: int) -> np.ndarray:
+    """The closed polyline (5 points, first == last) of ``box`` clipped to the image, (x, y)."""
+    x0, x1 = float(np.clip(box.x0, 0, columns)), float(np.clip(box.x1, 0, columns))
+    y0, y1 = float(np.clip(box.y0, 0, rows)), float(np.clip(box.y1, 0, rows))
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {box} lies outside the {columns}x{rows} image")
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def box_overlaps_mask(box: Box, mask: np.ndarray) -> bool:
+    """True when the mask has a pixel inside the box (pixel centres inside the box)."""
+    rows, columns = mask.shape
+    r0, r1 = max(int(np.floor(box.y0)), 0), min(int(np.ceil(box.y1)), rows)
+    c0, c1 = max(int(np.floor(box.x0)), 0), min(int(np.ceil(box.x1)), columns)
+    return bool(mask[r0:r1, c0:c1].any())
+
+
+def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+
+
+def _percent(measurement: hd.sr.CodedConcept, fraction: float,
+             algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=measurement, value=round(100.0 * fraction, 4),
+                             unit=codes.PERCENT, algorithm_id=algorithm)
+
+
+def _seg_by_source(segs: Sequence[Dataset], source_uids: set[str]) -> dict[str, Dataset]:
+    """Map source SOP Instance UID -> its SEG, checking that each SEG is ours to reference."""
+    by_source: dict[str, Dataset] = {}
+    for seg in segs:
+        if seg.get("SOPClassUID") != SEGMENTATION_STORAGE:
+            raise ValueError(
+                f"segs must be Segmentation objects, got SOP class {seg.get('SOPClassUID')}"
+            )
+        referenced = {
+            str(item.ReferencedSOPInstanceUID)
+            for series in seg.get("ReferencedSeriesSequence", [])
+            for item in series.ReferencedInstanceSequence
+        }
+        if len(referenced) != 1 or not referenced <= source_uids:
+            raise ValueError(
+                f"segs: SEG {seg.SOPInstanceUID} references {sorted(referenced)}, "
+                "not exactly one of the source images"
+            )
+        source_uid = referenced.pop()
+        if source_uid in by_source:
+            raise ValueError(f"segs: two SEGs reference source {source_uid}")
+        by_source[source_uid] = seg
+    return by_source
+
+
+def _finding_groups(
+    source: Dataset, analysis: ImageAnalysis, seg: Dataset | None, number: int, finding: Finding,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    laterality = laterality_of(source)
+    tracking = hd.sr.TrackingIdentifier(
+        uid=derive_uid(ObjectKind.FINDING_TRACKING, str(source.SOPInstanceUID),
+                       analysis.detector.name, analysis.detector.version, str(number)),
+        identifier=f"Mass {number} {image_label(source)}",
+    )
+    sites = [hd.sr.FindingSite(anatomic_location=codes.BREAST, laterality=laterality.code)]
+    detector = _algorithm(analysis.detector)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(finding.box, int(source.Rows), int(source.Columns)),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+    )
+    groups = [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=codes.MASS,
+            finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            algorithm_id=detector,
+            finding_sites=sites,
+            measurements=[
+                _percent(codes.PROBABILITY_OF_CANCER, finding.p_malignant, detector),
+                _percent(codes.CERTAINTY_OF_FINDING, finding.score, detector),
+            ],
+        )
+    ]
+    if seg is not None and box_overlaps_mask(finding.box, analysis.mask):
+        segment = hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=1,
+            segment_number=SEGMENT_NUMBER,
+            source_image=hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            ),
+        )
+        # PS3.3 Table 10-3: Referenced Segment Number shall be absent when Referenced
+        # Frame Number is present (dciodvfy enforces it); frame 1 of this BINARY SEG
+        # holds exactly segment 1, so the frame identifies the segment.
+        for item in segment[0].ReferencedSOPSequence:
+            if "ReferencedSegmentNumber" in item:
+                del item.ReferencedSegmentNumber
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=segment,
+                finding_type=codes.MASS,
+                finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                algorithm_id=_algorithm(analysis.segmenter),
+                finding_sites=sites,
+            )
+        )
+    return groups
+
+
+def breast_scores(pairs: Sequence[tuple[Dataset, ImageAnalysis]]) -> dict[Laterality, float]:
+    """Per breast imaged: the maximum ``p_malignant`` over its findings, 0.0 without findings."""
+    scores: dict[Laterality, float] = {}
+    for source, analysis in pairs:
+        laterality = laterality_of(source)
+        best = max((finding.p_malignant for finding in analysis.findings), default=0.0)
+        scores[laterality] = max(scores.get(laterality, 0.0), best)
+    return scores
+
+
+def _score_groups(
+    pairs: Sequence[tuple[Dataset, ImageAnalysis]], study_key: str, detector: ModelInfo,
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    algorithm = _algorithm(detector)
+    groups = []
+    scores = breast_scores(pairs)
+    for laterality in (Laterality.RIGHT, Laterality.LEFT):
+        if laterality not in scores:
+            continue
+        images = [
+            hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)
+            for source, _ in pairs if laterality_of(source) is laterality
+        ]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derive_uid(ObjectKind.BREAST_TRACKING, study_key, laterality.value),
+                identifier=f"{laterality.word} breast",
+            ),
+            finding_sites=[hd.sr.FindingSite(codes.BREAST, laterality=laterality.code)],
+            algorithm_id=algorithm,
+            measurements=[_percent(codes.PROBABILITY_OF_CANCER, scores[laterality], algorithm)],
+            source_images=images,
+        ))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(ObjectKind.EXAM_TRACKING, study_key),
+            identifier=EXAM_TRACKING_IDENTIFIER,
+        ),
+        finding_sites=[hd.sr.FindingSite(codes.BREAST)],
+        algorithm_id=algorithm,
+        measurements=[_percent(codes.PROBABILITY_OF_CANCER, max(scores.values()), algorithm)],
+    ))
+    return groups
+
+
+def device_observer(detector: ModelInfo) -> hd.sr.ObserverContext:
+    """The node as the device observer of the report (TID 1004)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derive_uid(ObjectKind.DEVICE_OBSERVER, MANUFACTURER),
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{detector.name} {detector.version}",
+        ),
+    )
+
+
+def _describe_library_images(report: hd.sr.MeasurementReport, sources: Sequence[Dataset]) -> None:
+    """Add Image Laterality and Image View (TID 1602/1603) to each Image Library entry.
+
+    highdicom's projection radiography descriptors stop at orientation and spacing;
+    mammography readers need the laterality and view of every image.
+    """
+    by_uid = {str(source.SOPInstanceUID): source for source in sources}
+    for item in report[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != codes.IMAGE_LIBRARY.value:
+            continue
+        for group in item.ContentSequence:
+            for image in group.ContentSequence:
+                if image.ValueType != "IMAGE":
+                    continue
+                source = by_uid[str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                image.ContentSequence.append(hd.sr.CodeContentItem(
+                    name=codes.IMAGE_LATERALITY, value=laterality_of(source).code,
+                    relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+                ))
+                view = view_code_of(source)
+                if view is not None:
+                    image.ContentSequence.append(hd.sr.CodeContentItem(
+                        name=codes.IMAGE_VIEW, value=view,
+                        relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+                    ))
+
+
+def build_measurement_report(
+    sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis], segs: Sequence[Dataset],
+) -> Dataset:
+    """The study's TID 1500 Measurement Report.
+
+    Parameters
+    ----------
+    sources
+        The study's processed MG images (one patient, one study).
+    analyses
+        One analysis per source image (matched by SOP Instance UID).
+    segs
+        The SEGs that :func:`~mammo_scp.encode.seg.build_seg` made for these images
+        (images without a SEG are simply absent).
+
+    Raises
+    ------
+    ValueError
+        If sources mix studies, analyses and sources do not match one to one, the
+        analyses come from different models, or a SEG references something else.
+    """
+    check_one_study(sources)
+    pairs = pair_analyses(sources, analyses)
+    detector = single_model([analysis.detector for analysis in analyses], "detector")
+    segmenter = single_model([analysis.segmenter for analysis in analyses], "segmenter")
+    seg_of = _seg_by_source(segs, {str(source.SOPInstanceUID) for source in sources})
+
+    study_uid = str(sources[0].StudyInstanceUID)
+    models = model_key([(segmenter.name, segmenter.version), (detector.name, detector.version)])
+    images = ",".join(sorted(str(source.SOPInstanceUID) for source in sources))
+    study_key = f"{study_uid}|{models}"
+
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                 | hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    for source, analysis in pairs:
+        seg = seg_of.get(str(source.SOPInstanceUID))
+        for number, finding in enumerate(analysis.findings, start=1):
+            groups.extend(_finding_groups(source, analysis, seg, number, finding))
+    groups.extend(_score_groups(pairs, study_key, detector))
+
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(detector)
+        ),
+        procedure_reported=codes.MAMMOGRAPHY,
+        imaging_measurements=groups,
+        referenced_images=list(sources),
+    )
+    _describe_library_images(report, sources)
+    instance_uid = derive_uid(ObjectKind.SR_INSTANCE, study_uid, models, images)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*sources, *segs],
+        content=report[0],
+        series_instance_uid=derive_uid(ObjectKind.SR_SERIES, study_uid, models),
+        series_number=int(SeriesNumber.MEASUREMENT_REPORT),
+        sop_instance_uid=instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=SERIES_DESCRIPTION,
+        contributing_equipment=[hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=f"{detector.name} / {segmenter.name}",
+            software_versions=[SOFTWARE_VERSION, detector.version, segmenter.version],
+            contribution_description="AI mass detection and segmentation",
+        )],
+    )
+    copy_patient_study(sources[0], sr)
+    sr.SoftwareVersions = SOFTWARE_VERSION
+    logger.info("built measurement report %s for study %s: %d groups", instance_uid, study_uid,
+                len(groups))
+    return sr
