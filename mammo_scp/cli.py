@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pynetdicom import AE
 
 from mammo_scp import __version__
 from mammo_scp.config import ConfigError, Settings, load_settings, render_settings
 from mammo_scp.db import Database, upgrade
-from mammo_scp.dicom import SopClass
+from mammo_scp.dicom import SopClass, make_ae
 from mammo_scp.jobs.models import Job, Study
 from mammo_scp.jobs.service import TransitionError, retry_job
 from mammo_scp.jobs.states import JobState
-from mammo_scp.node import configure_logging, run
+from mammo_scp.models.cli import add_models_parser
+from mammo_scp.node import StartupError, configure_logging, run
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -182,7 +182,7 @@ def cmd_studies_list(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ae = AE(ae_title=settings.ae_title)
+    ae = make_ae(settings.ae_title)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = args.timeout
     ae.add_requested_context(SopClass.VERIFICATION.value)
     assoc = ae.associate(args.host, args.port, ae_title=args.aet)
@@ -198,6 +198,48 @@ def cmd_echo(args: argparse.Namespace) -> int:
     code = f"0x{status.Status:04X}" if status and "Status" in status else "no response"
     print(f"C-ECHO {args.aet}@{args.host}:{args.port}: failed ({code})")
     return 1
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Draw what a job sent: its images, the SEG masks it delivered, the boxes and scores."""
+    import numpy as np
+    from pydicom import dcmread
+
+    from mammo_scp.pipeline import FINDINGS_FILE, analysis_from_json
+    from mammo_scp.preview import save_preview
+    from mammo_scp.store.spool import Spool
+
+    settings = _settings(args)
+    db = _database(settings)
+    spool = Spool(settings.spool)
+    with db.session() as session:
+        job = session.get(Job, args.job_id)
+        if job is None:
+            print(f"error: no job with id {args.job_id}", file=sys.stderr)
+            return 1
+        images = {i.sop_instance_uid: spool.absolute(i.path) for i in job.instances}
+        segs = [spool.absolute(r.path) for r in job.results if r.kind == "SEG"]
+    findings_path = spool.results / str(args.job_id) / FINDINGS_FILE
+    if not findings_path.is_file():
+        print(f"error: job {args.job_id} has no findings (state {job.state.value}); only "
+              "processed jobs can be previewed", file=sys.stderr)
+        return 1
+    masks = {}
+    for path in segs:
+        seg = dcmread(path)
+        source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        masks[str(source_uid.ReferencedSOPInstanceUID)] = seg.pixel_array.astype(bool)
+    datasets, analyses = [], []
+    for item in json.loads(findings_path.read_text()):
+        ds = dcmread(images[item["sop_instance_uid"]])
+        empty = np.zeros((int(ds.Rows), int(ds.Columns)), dtype=bool)
+        mask = masks.get(item["sop_instance_uid"], empty).reshape(empty.shape)
+        datasets.append(ds)
+        analyses.append(analysis_from_json(item, mask))
+    save_preview(datasets, analyses, args.out)
+    print(f"wrote {args.out}: {len(datasets)} image(s), "
+          f"{sum(len(a.findings) for a in analyses)} finding(s)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     slist.add_argument("--json", action="store_true")
     slist.set_defaults(func=cmd_studies_list)
 
+    preview = sub.add_parser("preview", parents=[common],
+                             help="draw a job's images with the SEG overlay, boxes and scores")
+    preview.add_argument("job_id", type=int)
+    preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.set_defaults(func=cmd_preview)
+
+    add_models_parser(sub)
+
     echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
     echo.add_argument("host")
     echo.add_argument("port", type=int)
@@ -259,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         print(f"mammo-scp: {exc}", file=sys.stderr)
         return 2
 

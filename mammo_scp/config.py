@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 ENV_PREFIX = "MAMMO_SCP_"
+#: The weights shipped with the node (top-level models/ of the repository).
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 CONFIG_PATH_ENV = "MAMMO_SCP_CONFIG"
 # DICOM PS3.5 AE title: 1-16 characters of the default repertoire, no backslash or control chars.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -63,6 +65,10 @@ class DicomDestination(Peer):
     name: str = Field(min_length=1, max_length=64)
     ae_title: AETitle
 
+    @property
+    def target(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
 
 class DicomWebDestination(BaseModel):
     """A DICOMweb server that receives the result objects by STOW-RS (POST {url}/studies)."""
@@ -74,6 +80,10 @@ class DicomWebDestination(BaseModel):
     url: str = Field(pattern=r"^https?://")
     username: str | None = None
     password: str | None = None
+
+    @property
+    def target(self) -> str:
+        return self.url
 
 
 class CallerDestination(BaseModel):
@@ -88,6 +98,19 @@ class CallerDestination(BaseModel):
     kind: Literal["caller"]
     name: str = Field(min_length=1, max_length=64)
     peers: dict[AETitle, Peer] = Field(min_length=1)
+
+    @property
+    def target(self) -> str:
+        return "the calling AE: " + ", ".join(sorted(self.peers))
+
+
+class AllowedCaller(BaseModel):
+    """A calling AE title allowed to associate, optionally only from one host address."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ae_title: AETitle
+    host: str | None = None
 
 
 Destination = Annotated[
@@ -117,9 +140,24 @@ class Settings(BaseModel):
     delivery_backoff_max_s: float = Field(default=600.0, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
     min_free_mb: int = Field(default=1024, ge=0)
+    min_image_side: int = Field(default=64, ge=1)
+    max_image_pixels: int = Field(default=120_000_000, ge=1)
     max_pdu: int = Field(default=4 * 1024 * 1024, ge=0)
     max_associations: int = Field(default=16, ge=1)
+    require_called_ae: bool = True
+    allowed_callers: tuple[AllowedCaller, ...] = ()
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_client_ca: Path | None = None
+    http_bind_address: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)  # 0: no HTTP side
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    models_dir: Path = SHIPPED_MODELS
+    inference_precision: Literal["fp32", "bf16"] = "fp32"
+    cad_sr: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -135,6 +173,18 @@ class Settings(BaseModel):
             return [({"kind": "dicom"} | item) if isinstance(item, dict) else item
                     for item in value]
         return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("tls_certificate and tls_private_key must be given together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_private_key")
+        for key in ("tls_certificate", "tls_private_key", "tls_client_ca"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{key}: file {path} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Settings:
@@ -170,7 +220,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         key = name[len(ENV_PREFIX):].lower()
         if key not in known:
             raise ConfigError(f"environment variable {name}: unknown key {key!r}")
-        if key == "destinations":
+        if key in ("destinations", "allowed_callers"):
             try:
                 values[key] = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -201,8 +251,11 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         return Settings.model_validate(values)
     except ValidationError as exc:
         problems = []
+        kinds = {"dicom", "dicomweb", "caller"}  # the union's tags are not part of the key
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = [p for i, p in enumerate(err["loc"])
+                   if not (p in kinds and i > 0 and isinstance(err["loc"][i - 1], int))]
+            key = ".".join(str(p) for p in loc) or "(top level)"
             problems.append(f"key '{key}': {err['msg']}")
         raise ConfigError(f"bad configuration ({source}): " + "; ".join(problems)) from exc
 
@@ -221,8 +274,15 @@ def render_settings(settings: Settings) -> str:
     data["spool_dir"] = str(settings.spool)
     data["database_url"] = settings.db_url
     destinations = data.pop("destinations")
+    callers = data.pop("allowed_callers")
     for key, value in data.items():
+        if value is None:
+            continue
         lines.append(f"{key} = {_toml_value(value)}")
+    for caller in callers:
+        lines.append("")
+        lines.append("[[allowed_callers]]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in caller.items() if v is not None)
     for dest in destinations:
         lines.append("")
         lines.append("[[destinations]]")

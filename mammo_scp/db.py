@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_LOCK = 0x6D616D6D6F  # "mammo": the advisory lock key held while migrating
 
 
 class DatabaseUnavailable(Exception):
@@ -102,7 +103,17 @@ def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (the app never calls create_all)."""
     cfg = alembic_config(db.url)
     with db.engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+        if is_postgres(db.engine):
+            # Several processes starting at once on an empty database: one migrates,
+            # the others wait and then find the schema current.
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+        finally:
+            if is_postgres(db.engine):
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": _MIGRATION_LOCK})
+                conn.commit()
     logger.info("database schema at %s", revision)

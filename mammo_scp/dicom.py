@@ -6,6 +6,22 @@ import re
 from enum import IntEnum, StrEnum
 
 from pydicom import uid as pduid
+from pynetdicom import AE
+
+from mammo_scp import __version__
+
+#: Identifies this implementation in association negotiation (PS3.7 D.3.3.2): a UUID-derived
+#: UID fixed for the project, and a version name that changes with each release.
+IMPLEMENTATION_CLASS_UID = "2.25.32288880922260250582317703663212367383"  # sha256("mammo-scp implementation")
+IMPLEMENTATION_VERSION_NAME = f"MAMMO_SCP_{__version__}"[:16]
+
+
+def make_ae(ae_title: str) -> AE:
+    """A pynetdicom AE that names the node as its implementation."""
+    ae = AE(ae_title=ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
 
 
 class SopClass(StrEnum):
@@ -50,6 +66,8 @@ class StoreStatus(IntEnum):
     DATASET_DOES_NOT_MATCH = 0xA900    # dataset UIDs differ from the C-STORE command's
     CANNOT_UNDERSTAND = 0xC000         # the dataset could not be parsed
     INVALID_UID = 0xC001               # a UID is missing, malformed or hostile (e.g. '../x')
+    IMAGE_SIZE_REFUSED = 0xC002        # Rows x Columns outside min_image_side / max_image_pixels
+    PATIENT_CONFLICT = 0xC003          # the study already holds another patient's images
 
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from mammo_scp.config import Settings
 from mammo_scp.db import Database, upgrade
+from mammo_scp.http import HttpStartError, NodeState, start_http
 from mammo_scp.pipeline import Pipeline, default_pipeline
 from mammo_scp.receive.scp import start_scp
-from mammo_scp.store.ingest import Ingestor
+from mammo_scp.store.ingest import ImageLimits, Ingestor
 from mammo_scp.store.spool import Spool
 from mammo_scp.worker import Workers
+
+if TYPE_CHECKING:
+    from mammo_scp.models.analyzer import Analyzer
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +35,51 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+class StartupError(Exception):
+    """The node cannot start; the message says what to fix."""
+
+
+def load_models(settings: Settings) -> Analyzer | None:
+    """The shipped models, verified; None for a receive-only process (workers = 0)."""
+    if settings.workers == 0:
+        return None
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from mammo_scp.models.analyzer import Analyzer
+    from mammo_scp.models.store import ModelStoreError
+
+    try:
+        analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision)
+    except ModelStoreError as exc:
+        raise StartupError(f"cannot load the models: {exc}") from exc
+    logger.info("models loaded: %s %s, %s %s (%s)", analyzer.segmenter_info.name,
+                analyzer.segmenter_info.version, analyzer.detector_info.name,
+                analyzer.detector_info.version, settings.inference_precision)
+    return analyzer
+
+
 def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
         stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop``); return the process exit code."""
     stop = stop or threading.Event()
+    os.umask(0o077)  # spool files and the SQLite database: readable by the node's user only
     db = Database(settings.db_url)
     upgrade(db)
     spool = Spool(settings.spool)
-    spool.prepare()
-    workers = Workers(settings, db, spool, pipeline or default_pipeline())
+    spool.prepare(receiving=with_scp)
+    state = NodeState(settings, db, spool, models_loaded=False)
+    try:
+        http = start_http(state)
+    except HttpStartError as exc:
+        raise StartupError(str(exc)) from exc
+    if pipeline is None:
+        analyzer = load_models(settings)
+        pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr)
+    state.models_loaded = True
+    workers = Workers(settings, db, spool, pipeline)
     server = None
     if with_scp:
-        server = start_scp(settings, Ingestor(db, spool, settings.min_free_mb))
+        limits = ImageLimits(settings.min_image_side, settings.max_image_pixels)
+        server = start_scp(settings, Ingestor(db, spool, settings.min_free_mb, limits))
     workers.start()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -56,6 +95,9 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
     stop.wait()
     if server is not None:
         server.shutdown()
+    if http is not None:
+        http.shutdown()
+        http.server_close()
     workers.stop()
     db.dispose()
     logger.info("stopped")

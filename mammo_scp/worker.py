@@ -28,6 +28,7 @@ from mammo_scp.jobs.service import (
     worker_id,
 )
 from mammo_scp.jobs.states import DeliveryState, InstanceStatus, JobState
+from mammo_scp.metrics import STAGE_SECONDS
 from mammo_scp.pipeline import InstanceRecord, JobContext, Pipeline
 from mammo_scp.send.delivery import deliver_due
 from mammo_scp.store.spool import Spool
@@ -61,6 +62,7 @@ class JobRunner:
                                                f"{type(exc).__name__}: {exc}")
                     return
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
+                STAGE_SECONDS.labels(stage=stage.name).observe(elapsed_ms / 1000.0)
                 record_stage(self.db, job_id, stage.name, elapsed_ms, note, worker)
             self._finish(ctx, worker)
         finally:
@@ -112,6 +114,8 @@ class JobRunner:
             ds.save_as(tmp, enforce_file_format=True)
             self.spool.commit(tmp, path)
             written.append((uid, str(ds.SOPClassUID), result.kind, path))
+        for name, content in ctx.artifacts.items():
+            self.spool.write_bytes(self.spool.results / str(ctx.job_id) / name, content)
 
         with self.db.session() as session:
             job = lock_owned_job(session, ctx.job_id, worker)

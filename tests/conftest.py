@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from mammo_scp.db import Database, upgrade
+from tests.support.inprocess import InProcessNode, node_factory
 
 POSTGRES_ENV = "MAMMO_TEST_POSTGRES_URL"
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database only (for multi-worker tests)."""
     yield from _postgres_database()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, database_url: str) -> Iterator[Callable[..., InProcessNode]]:
+    """Start in-process nodes (SCP, workers, HTTP) on the test's database."""
+    yield from node_factory(tmp_path, database_url)
 
 
 @pytest.fixture

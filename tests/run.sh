@@ -10,9 +10,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
 as_root apt-get update -qq
 # dcmtk: storescu/storescp and the compressors; dicom3tools: dciodvfy; orthanc: the PACS;
+# chromium: renders the status page;
 # postgresql: the server the suite runs against (already running on project machines).
 as_root apt-get install -y -qq --no-install-recommends \
-    python3-venv dcmtk dicom3tools orthanc orthanc-dicomweb postgresql >/dev/null
+    python3-venv dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl postgresql \
+    >/dev/null
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start

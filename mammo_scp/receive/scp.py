@@ -4,12 +4,21 @@ Handlers are thin: the C-STORE handler passes pynetdicom's temporary file
 (received straight to disk, never decoded) to the :class:`Ingestor` and
 returns its status. pynetdicom itself turns an exception in a handler into
 status 0xC211, so there is no catch-all here.
+
+Who may connect: the called AE title must be the node's (``require_called_ae``);
+when ``allowed_callers`` is set, only those calling AE titles (and, where an
+entry names one, only from that host) are accepted; the rest are rejected as
+"calling AE title not recognised". With ``tls_certificate`` the SCP speaks DICOM
+TLS only, and with ``tls_client_ca`` it also requires a client certificate
+signed by that CA.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,10 +27,19 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mammo_scp.config import Settings
-from mammo_scp.dicom import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, SopClass
+from mammo_scp.dicom import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, SopClass, make_ae
+from mammo_scp.metrics import ASSOCIATIONS
 from mammo_scp.store.ingest import Ingestor
 
 logger = logging.getLogger(__name__)
+
+
+class Reject(IntEnum):
+    """A-ASSOCIATE-RJ values used by the node (PS3.8 9.3.4)."""
+
+    REJECTED_PERMANENT = 0x01
+    SOURCE_SERVICE_USER = 0x01
+    CALLING_AE_NOT_RECOGNISED = 0x03
 
 
 def _handle_echo(event: evt.Event) -> int:
@@ -39,32 +57,80 @@ def _handle_store(event: evt.Event, ingestor: Ingestor) -> int:
     ))
 
 
+def _check_caller(event: evt.Event, settings: Settings) -> None:
+    """Reject callers outside ``allowed_callers`` (AE title, and host where given)."""
+    if not settings.allowed_callers:
+        return
+    requestor = event.assoc.requestor
+    if requestor.primitive is None:
+        return
+    calling = str(requestor.primitive.calling_ae_title).strip()
+    entries = [c for c in settings.allowed_callers if c.ae_title == calling]
+    if not entries:
+        why = "calling AE title not in allowed_callers"
+    elif not any(c.host in (None, requestor.address) for c in entries):
+        why = f"calling AE title allowed only from {', '.join(str(c.host) for c in entries)}"
+    else:
+        return
+    logger.warning("association from %s at %s rejected: %s", calling, requestor.address, why)
+    ASSOCIATIONS.labels(outcome="rejected").inc()
+    event.assoc.acse.send_reject(Reject.REJECTED_PERMANENT, Reject.SOURCE_SERVICE_USER,
+                                 Reject.CALLING_AE_NOT_RECOGNISED)
+    event.assoc.kill()  # waits until the rejection has gone out, as pynetdicom's own rejects do
+
+
 def _log_accepted(event: evt.Event) -> None:
+    ASSOCIATIONS.labels(outcome="accepted").inc()
     req = event.assoc.requestor
     logger.info("association accepted from %s at %s:%s", req.ae_title.strip(), req.address,
                 req.port)
 
 
-def _log_rejected(event: evt.Event) -> None:
+def _log_rejected(event: evt.Event, settings: Settings) -> None:
+    ASSOCIATIONS.labels(outcome="rejected").inc()
     req = event.assoc.requestor
-    logger.warning("association rejected from %s at %s:%s", req.ae_title.strip(), req.address,
-                   req.port)
+    called = str(req.primitive.called_ae_title).strip() if req.primitive else "?"
+    if settings.require_called_ae and called != settings.ae_title:
+        why = f"called AE title {called!r} is not {settings.ae_title!r}"
+    elif len(event.assoc.ae.active_associations) > settings.max_associations:
+        why = f"more than max_associations = {settings.max_associations}"
+    else:
+        why = "see the line above"
+    logger.warning("association from %s at %s:%s rejected: %s", req.ae_title.strip(),
+                   req.address, req.port, why)
 
 
 def _log_aborted(event: evt.Event) -> None:
-    logger.warning("association aborted by %s", event.assoc.requestor.ae_title.strip())
+    ASSOCIATIONS.labels(outcome="aborted").inc()
+    logger.warning("association aborted with %s", event.assoc.requestor.ae_title.strip())
 
 
 def build_ae(settings: Settings) -> AE:
     """An AE that accepts Verification and the mammography storage classes, nothing else."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = make_ae(settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
-    ae.require_called_aet = True
+    ae.require_called_aet = settings.require_called_ae
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
     ae.add_supported_context(SopClass.VERIFICATION.value)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class.value, list(ACCEPTED_TRANSFER_SYNTAXES))
     return ae
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server-side TLS context, or None when TLS is not configured."""
+    if settings.tls_certificate is None or settings.tls_private_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    if settings.tls_client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(settings.tls_client_ca)
+    return context
 
 
 def start_scp(settings: Settings, ingestor: Ingestor) -> ThreadedAssociationServer:
@@ -77,14 +143,17 @@ def start_scp(settings: Settings, ingestor: Ingestor) -> ThreadedAssociationServ
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, _handle_store, [ingestor]),
+        (evt.EVT_REQUESTED, _check_caller, [settings]),
         (evt.EVT_ACCEPTED, _log_accepted),
-        (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_REJECTED, _log_rejected, [settings]),
         (evt.EVT_ABORTED, _log_aborted),
     ]
+    context = tls_context(settings)
     server = ae.start_server((settings.bind_address, settings.port), block=False,
-                             evt_handlers=handlers)
-    logger.info("listening as %s on %s:%d (%d storage SOP classes, %d transfer syntaxes)",
+                             evt_handlers=handlers, ssl_context=context)
+    logger.info("listening as %s on %s:%d%s (%d storage SOP classes, %d transfer syntaxes)",
                 settings.ae_title, settings.bind_address, settings.port,
-                len(STORAGE_SOP_CLASSES), len(ACCEPTED_TRANSFER_SYNTAXES))
+                " with TLS" if context else "", len(STORAGE_SOP_CLASSES),
+                len(ACCEPTED_TRANSFER_SYNTAXES))
     assert isinstance(server, ThreadedAssociationServer)
     return server

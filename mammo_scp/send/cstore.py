@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mammo_scp.config import DicomDestination
+from mammo_scp.dicom import make_ae
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,20 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
                timeout_s: float) -> list[SendOutcome]:
     """Send ``paths`` in one association; one outcome per path, in order."""
     datasets = [dcmread(path) for path in paths]
-    ae = AE(ae_title=calling_ae)
+    ae = make_ae(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
-                       for ds in datasets})
-    for sop_class, syntax in contexts[:128]:
-        ae.add_requested_context(sop_class, syntax)
+    # Each object's own transfer syntax first, then the uncompressed ones every SCP must
+    # accept (pynetdicom re-encodes an uncompressed object for the accepted syntax).
+    proposals: dict[str, list[str]] = {}
+    for ds in datasets:
+        syntaxes = proposals.setdefault(str(ds.SOPClassUID), [])
+        for syntax in (str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian,
+                       ImplicitVRLittleEndian):
+            if syntax not in syntaxes:
+                syntaxes.append(syntax)
+    for sop_class, syntaxes in list(proposals.items())[:128]:
+        ae.add_requested_context(sop_class, syntaxes)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         why = ("association rejected" if assoc.is_rejected else

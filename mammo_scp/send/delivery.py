@@ -20,6 +20,7 @@ from mammo_scp.db import Database
 from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import transition
 from mammo_scp.jobs.states import DeliveryState, JobState
+from mammo_scp.metrics import DELIVERIES
 from mammo_scp.send.cstore import SendOutcome, send_files
 from mammo_scp.send.stow import stow_files
 from mammo_scp.store.spool import Spool
@@ -136,6 +137,7 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
             outcome = outcomes[item.delivery_id]
             error = outcome.error
             if error is None:
+                DELIVERIES.labels(outcome="delivered").inc()
                 delivery.state = DeliveryState.DELIVERED
                 delivery.delivered_at = now
                 delivery.last_error = None
@@ -144,11 +146,13 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
                 continue
             delivery.last_error = error
             if outcome.permanent or delivery.attempts >= settings.delivery_max_attempts:
+                DELIVERIES.labels(outcome="dead").inc()
                 delivery.state = DeliveryState.DEAD
                 logger.error("job %d: delivery of %s to %s dead after %d attempt(s): %s",
                              item.job_id, item.sop_instance_uid, item.destination,
                              delivery.attempts, error)
             else:
+                DELIVERIES.labels(outcome="failed").inc()
                 wait = backoff_s(settings, delivery.attempts)
                 delivery.state = DeliveryState.PENDING
                 delivery.next_attempt_at = now + timedelta(seconds=wait)

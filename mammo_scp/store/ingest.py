@@ -20,13 +20,14 @@ from pydicom.errors import InvalidDicomError
 from mammo_scp.db import Database
 from mammo_scp.dicom import VIEW_CODES, StoreStatus, is_valid_uid
 from mammo_scp.jobs.models import Instance, Study, utcnow
+from mammo_scp.metrics import INSTANCES_RECEIVED
 from mammo_scp.store.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 _HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
-    "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence",
+    "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence", "Rows", "Columns",
 ]
 
 
@@ -41,6 +42,27 @@ class InstanceHeader:
     patient_id: str | None
     laterality: str | None
     view: str | None
+    rows: int | None
+    columns: int | None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The image sizes the node accepts (a 1x1 'mammogram' or a 30000x30000 one is refused)."""
+
+    min_side: int
+    max_pixels: int
+
+    def problem(self, header: InstanceHeader) -> str | None:
+        if header.rows is None or header.columns is None:
+            return None  # no image (the load stage says so); not a size problem
+        if min(header.rows, header.columns) < self.min_side:
+            return (f"image of {header.rows} x {header.columns} is smaller than "
+                    f"min_image_side = {self.min_side}")
+        if header.rows * header.columns > self.max_pixels:
+            return (f"image of {header.rows} x {header.columns} exceeds "
+                    f"max_image_pixels = {self.max_pixels}")
+        return None
 
 
 class RejectedInstance(Exception):
@@ -95,24 +117,46 @@ def read_header(path: Path) -> InstanceHeader:
         patient_id=patient_id[:64] if patient_id else None,
         laterality=laterality_of(ds),
         view=view_of(ds),
+        rows=_int_or_none(ds.get("Rows")),
+        columns=_int_or_none(ds.get("Columns")),
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
 
 
 class _StoredConcurrently(Exception):
     pass
 
 
+class _PatientConflict(Exception):
+    pass
+
+
 class Ingestor:
     """Turns a received temporary file into a spooled, indexed instance."""
 
-    def __init__(self, db: Database, spool: Spool, min_free_mb: int) -> None:
+    def __init__(self, db: Database, spool: Spool, min_free_mb: int,
+                 limits: ImageLimits = ImageLimits(min_side=1, max_pixels=10**9)) -> None:
         self.db = db
         self.spool = spool
         self.min_free_mb = min_free_mb
+        self.limits = limits
 
     def ingest(self, tmp: Path, *, command_sop_class: str, command_sop_instance: str,
                transfer_syntax: str, calling_ae: str) -> StoreStatus:
         """Store one instance; the returned status is what the sender is told."""
+        status = self._ingest(tmp, command_sop_class, command_sop_instance, transfer_syntax,
+                              calling_ae)
+        INSTANCES_RECEIVED.labels(status=status.name.lower()).inc()
+        return status
+
+    def _ingest(self, tmp: Path, command_sop_class: str, command_sop_instance: str,
+                transfer_syntax: str, calling_ae: str) -> StoreStatus:
         try:
             header = read_header(tmp)
             if header.sop_instance_uid != command_sop_instance:
@@ -121,6 +165,9 @@ class Ingestor:
             if header.sop_class_uid != command_sop_class:
                 raise RejectedInstance(StoreStatus.DATASET_DOES_NOT_MATCH,
                                        "SOPClassUID in the dataset differs from the command's")
+            size_problem = self.limits.problem(header)
+            if size_problem:
+                raise RejectedInstance(StoreStatus.IMAGE_SIZE_REFUSED, size_problem)
         except RejectedInstance as rejected:
             logger.warning("refused instance %s from %s: %s (status 0x%04X)",
                            command_sop_instance if is_valid_uid(command_sop_instance) else "?",
@@ -157,6 +204,12 @@ class Ingestor:
 
         try:
             self._index_once(header, final, size, transfer_syntax, calling_ae)
+        except _PatientConflict:
+            final.unlink(missing_ok=True)
+            logger.warning("refused instance %s from %s: study %s already holds another "
+                           "patient's images (status 0x%04X)", sop_uid, calling_ae,
+                           header.study_uid, StoreStatus.PATIENT_CONFLICT)
+            return StoreStatus.PATIENT_CONFLICT
         except _StoredConcurrently:
             logger.info("instance %s stored concurrently by another association", sop_uid)
             return StoreStatus.SUCCESS
@@ -203,6 +256,8 @@ class Ingestor:
                 session.add(study)
                 session.flush()
             else:
+                if (study.patient_id or None) != header.patient_id:
+                    raise _PatientConflict()
                 study.last_received_at = now
             session.add(Instance(
                 sop_instance_uid=header.sop_instance_uid,

@@ -2,14 +2,15 @@
 
 Layout under the spool root::
 
-    incoming/                          partial transfers (pynetdicom writes here)
+    incoming/<host>/                   partial transfers (pynetdicom writes here)
     instances/<study uid>/<sop uid>.dcm
     results/<job id>/<sop uid>.dcm
 
 A file is written to a temporary name in the same file system, fsynced,
 renamed into place, and the directory fsynced; after a crash a file under
 ``instances/`` or ``results/`` is complete, and anything under ``incoming/``
-was never acknowledged and is removed on start.
+was never acknowledged and is removed when the SCP on that host starts (a
+`work` process sharing the spool never touches it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -46,14 +48,17 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.incoming = self.root / "incoming"
+        self.incoming = self.root / "incoming" / socket.gethostname()
         self.instances = self.root / "instances"
         self.results = self.root / "results"
 
-    def prepare(self) -> None:
-        """Create the layout (owner-only permissions); drop partial transfers of a previous run."""
+    def prepare(self, *, receiving: bool = True) -> None:
+        """Create the layout (owner-only permissions); a receiving process (the SCP) also
+        drops the partial transfers its host left when it last stopped."""
         for path in (self.root, self.incoming, self.instances, self.results):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not receiving:
+            return
         stale = list(self.incoming.iterdir())
         for path in stale:
             if path.is_dir():

@@ -2,93 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from mammo_scp.config import Settings
-from mammo_scp.db import Database
-from mammo_scp.jobs.models import Delivery, Job
 from mammo_scp.jobs.service import retry_job
 from mammo_scp.jobs.states import DeliveryState, JobState
-from mammo_scp.node import run
-from mammo_scp.pipeline import JobContext, Pipeline, ResultObject, Stage, default_pipeline
+from tests.support.inprocess import InProcessNode
 from tests.support.mg import four_view_study
 from tests.support.orthanc import Orthanc
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
 
 AET = "MAMMO_SCP"
-
-
-def _derived_copies(ctx: JobContext) -> str:
-    """A stand-in for the encoders: one derived object per processed image, UIDs
-    derived from the source so that a re-run produces the same objects."""
-    for uid, ds in ctx.datasets.items():
-        out = copy.deepcopy(ds)
-        out.SOPInstanceUID = generate_uid(entropy_srcs=[uid, "result"])
-        out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-        out.SeriesInstanceUID = generate_uid(entropy_srcs=[ctx.study_uid, "result-series"])
-        out.SeriesDescription = "test result"
-        ctx.results.append(ResultObject("TEST", out))
-    return f"{len(ctx.results)} object(s)"
-
-
-class InProcessNode:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.stop = threading.Event()
-        pipeline = Pipeline(default_pipeline().stages + (Stage("derive", _derived_copies),))
-        self.thread = threading.Thread(
-            target=run, args=(settings,), kwargs={"with_scp": True, "pipeline": pipeline,
-                                                  "stop": self.stop}, daemon=True)
-        self.db = Database(settings.db_url)
-
-    def jobs(self) -> list[Job]:
-        with self.db.session() as session:
-            return list(session.scalars(sa.select(Job).order_by(Job.id)))
-
-    def deliveries(self) -> list[Delivery]:
-        with self.db.session() as session:
-            return list(session.scalars(sa.select(Delivery).order_by(Delivery.id)))
-
-
-@pytest.fixture
-def make_node(tmp_path: Path, database_url: str) -> Iterator[object]:
-    nodes: list[InProcessNode] = []
-    saved_tempdir = tempfile.tempdir
-
-    def factory(pacs_port: int | None, **overrides: object) -> InProcessNode:
-        values = {
-            "port": free_port(), "bind_address": "127.0.0.1", "data_dir": tmp_path / "data",
-            "database_url": database_url, "quiet_period_s": 2.0, "poll_interval_s": 0.2,
-            "min_free_mb": 1, "delivery_backoff_s": 0.5, "delivery_backoff_max_s": 2.0,
-            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
-                              "port": pacs_port}] if pacs_port else [],
-        } | overrides
-        node = InProcessNode(Settings.model_validate(values))
-        node.thread.start()
-        wait_for(lambda: _listening(node.settings.port), 30, what="the node to listen")
-        nodes.append(node)
-        return node
-
-    yield factory
-    for node in nodes:
-        node.stop.set()
-        node.thread.join(30)
-        node.db.dispose()
-    tempfile.tempdir = saved_tempdir
-
-
-def _listening(port: int) -> bool:
-    from tests.support.peers import echo_ok
-    return echo_ok(port, AET, 1.0)
 
 
 def _send_study(node: InProcessNode, directory: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pydicom import dcmread
 from mammo_scp.db import Database
 from mammo_scp.jobs.models import Instance, Job
 from mammo_scp.jobs.states import CompletionTrigger, JobState
-from tests.support.mg import four_view_study, make_mg
+from tests.support.mg import Patient, four_view_study, make_mg
 from tests.support.peers import NodeProcess, echo_ok, free_port, storescu, wait_for, write_config
 
 AET = "MAMMO_SCP"
@@ -142,3 +143,19 @@ def test_other_sop_classes_are_refused_and_the_node_keeps_serving(node: RunningN
 def test_wrong_called_ae_title_is_rejected(node: RunningNode) -> None:
     assert not echo_ok(node.port, "SOMEONE_ELSE")
     assert echo_ok(node.port, AET)
+
+
+def test_files_are_private_and_logs_carry_no_patient_data(node: RunningNode,
+                                                          tmp_path: Path) -> None:
+    patient = Patient(name="SECRETSURNAME^GIVEN", patient_id="PID-SECRET-4711")
+    study_uid, files = four_view_study(tmp_path / "study", patient=patient)
+    assert _acknowledged(storescu(node.port, AET, files)) == 4
+    wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 60,
+             what="the job to finish")
+    for path in [node.data, *node.data.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is readable by others ({oct(mode)})"
+    log = node.process.output()
+    assert study_uid in log  # UIDs are logged ...
+    for secret in ("SECRETSURNAME", "PID-SECRET-4711"):  # ... patient identity never
+        assert secret not in log

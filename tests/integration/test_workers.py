@@ -42,7 +42,7 @@ def test_two_work_processes_process_each_job_exactly_once(postgres_url: str,
     spool = Spool(data / "spool")
     spool.prepare()
     config = write_config(tmp_path / "node.toml", {
-        "data_dir": str(data), "database_url": postgres_url, "workers": 2,
+        "data_dir": str(data), "database_url": postgres_url, "workers": 2, "http_port": 0,
         "poll_interval_s": 0.05, "quiet_period_s": 30.0,
     })
     workers = [NodeProcess("work", config, tmp_path / f"work{n}.log").start() for n in range(2)]

@@ -74,6 +74,17 @@ class Orthanc:
         with urllib.request.urlopen(self.url + route, timeout=10) as response:
             return json.loads(response.read())
 
+    def post(self, route: str, body: Any) -> Any:
+        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def file(self, instance_id: str) -> bytes:
+        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file",
+                                    timeout=30) as response:
+            return bytes(response.read())
+
     def log(self) -> str:
         path = self.directory / "orthanc.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -53,6 +53,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
 def write_config(path: Path, values: dict[str, Any]) -> Path:
     """Write a TOML config (flat keys plus a list of destination tables)."""
     lines = []
+    values = {"http_bind_address": "127.0.0.1", "http_port": free_port()} | values
     destinations = values.pop("destinations", [])
     for key, value in values.items():
         if isinstance(value, str):
@@ -130,17 +131,18 @@ def storescu(port: int, aet: str, files: list[Path], *extra: str,
 class StoreSCP:
     """dcmtk's storescp receiving into a directory."""
 
-    def __init__(self, directory: Path, port: int, aet: str = "PACS") -> None:
+    def __init__(self, directory: Path, port: int, aet: str = "PACS", *extra: str) -> None:
         self.directory = directory
         self.port = port
         self.aet = aet
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [str(DCMTK_BIN / "storescp"), "-aet", self.aet, "-od", str(self.directory),
-             str(self.port)],
+             *self.extra, str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: echo_ok(self.port, self.aet, 1.0), 20, what="storescp to listen")

@@ -1,0 +1,72 @@
+"""Load: 8 concurrent storescu senders of four-view studies for a minute against
+`mammo-scp serve` with the shipped models; throughput, failed stores, lost jobs, and
+C-ECHO round trips every 50 ms while the models run.
+
+    python benchmarks/load.py [--senders 8] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import sqlalchemy as sa  # noqa: E402
+
+from mammo_scp.db import Database  # noqa: E402
+from mammo_scp.jobs.models import Job  # noqa: E402
+from mammo_scp.jobs.states import JobState  # noqa: E402
+from tests.support.load import Echoes, run_senders  # noqa: E402
+from tests.support.peers import NodeProcess, free_port, wait_for, write_config  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        port = free_port()
+        url = f"sqlite:///{tmp / 'node.db'}"
+        config = write_config(tmp / "node.toml", {
+            "port": port, "bind_address": "127.0.0.1", "data_dir": str(tmp / "data"),
+            "database_url": url, "poll_interval_s": 0.1, "min_free_mb": 1,
+            "workers": args.workers})
+        node = NodeProcess("serve", config, tmp / "serve.log").start()
+        node.wait_listening(port, "MAMMO_SCP", timeout=300)
+        db = Database(url)
+        echoes = Echoes(port, "MAMMO_SCP")
+        echoes.start()
+        try:
+            result = run_senders(port, "MAMMO_SCP", tmp / "load", args.senders, args.seconds)
+            started = time.monotonic()
+
+            def done() -> bool:
+                with db.session() as session:
+                    states = session.scalars(sa.select(Job.state)).all()
+                return len(states) == len(result.studies) and all(
+                    s == JobState.DONE for s in states)
+            wait_for(done, 1800, interval=1.0, what="the queue to drain")
+            drain = time.monotonic() - started
+        finally:
+            echoes.stop.set()
+            echoes.join()
+            node.stop()
+    print(f"{args.senders} senders for {result.seconds:.0f} s: {len(result.studies)} studies, "
+          f"{result.stored} instances stored ({result.stored / result.seconds:.1f}/s), "
+          f"{result.failed_stores} failed stores")
+    print(f"queue drained {drain:.0f} s after the senders stopped; every study has one job, "
+          f"done ({len(result.studies)} jobs)")
+    print(f"{echoes.summary()} (target p99 <= 100 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Timed runs of the shipped models: ms/image, peak RSS, achieved GFLOP/s vs a large matmul.
+
+Run from the repository root: ``python benchmarks/models_bench.py [--models models]
+[--repeat 10] [--json out.json]``. Prints figures; never part of the test suite's pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
+    convert_variables_to_constants_v2,
+)
+
+from mammo_scp.models.analyzer import Analyzer  # noqa: E402
+from mammo_scp.preprocess import preprocess_array  # noqa: E402
+from tests.support.mg import add_mass, breast_phantom  # noqa: E402
+
+logger = logging.getLogger("models_bench")
+MIAS = REPO.parent / "shared" / "data" / "mias-train" / "mdb006.png"
+
+
+def graph_flops(fn: Any, shape: tuple[int, ...]) -> float:
+    """Floating-point operations of one call, counted by the TF profiler on the frozen graph."""
+    concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32))
+    frozen = convert_variables_to_constants_v2(concrete)
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    prof = tf.compat.v1.profiler.profile(graph=frozen.graph, options=opts)
+    return float(prof.total_float_ops)
+
+
+def matmul_gflops(dtype: tf.DType, n: int = 4096, repeat: int = 5) -> float:
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    mm = tf.function(lambda x, y: tf.matmul(x, y))
+    mm(a, b).numpy()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        mm(a, b).numpy()
+    return 2.0 * n ** 3 * repeat / (time.perf_counter() - t0) / 1e9
+
+
+def time_ms(fn: Any, repeat: int) -> float:
+    fn()
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return 1000.0 * (time.perf_counter() - t0) / repeat
+
+
+def inputs() -> dict[str, tuple[np.ndarray, float]]:
+    import cv2
+
+    out: dict[str, tuple[np.ndarray, float]] = {}
+    if MIAS.is_file():
+        out["mini-MIAS 1024x1024 @0.2mm"] = (cv2.imread(str(MIAS), cv2.IMREAD_GRAYSCALE), 0.2)
+    ffdm = add_mass(breast_phantom(4096, 3328, "R", seed=1), (2000, 800), 110)
+    out["FFDM 4096x3328 @0.07mm"] = (ffdm, 0.07)
+    return out
+
+
+def bench(models: Path, repeat: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"matmul_gflops": {}, "precisions": {}}
+    report["matmul_gflops"]["fp32"] = matmul_gflops(tf.float32)
+    report["matmul_gflops"]["bf16"] = matmul_gflops(tf.bfloat16)
+    analyzers = {p: Analyzer.load(models, p) for p in ("fp32", "bf16")}
+    images = inputs()
+    for precision, an in analyzers.items():
+        per: dict[str, Any] = {}
+        for name, (pixels, spacing) in images.items():
+            pre = preprocess_array(pixels, spacing, model_spacing_mm=an.spacing_mm)
+            img = pre.image
+            shape = (1, img.shape[0], img.shape[1], 1)
+            unet_ms = time_ms(lambda a=an, i=img: a.segment(i), repeat)
+            det_ms = time_ms(lambda a=an, i=img: a.detect(i), repeat)
+            pre_ms = time_ms(lambda a=an, p=pixels, s=spacing: preprocess_array(
+                p, s, model_spacing_mm=a.spacing_mm), repeat)
+            full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(p, s),
+                              max(2, repeat // 2))
+            unet_flops = graph_flops(lambda x, a=an: a.unet(x, training=False), shape)
+            bb_flops = graph_flops(lambda x, a=an: a.detector.backbone(x, training=False)[1],
+                                   shape)
+            cfg = an.detector.cfg
+            channels = int(an.detector.backbone.outputs[0].shape[-1])
+            head_flops = cfg.rpn_post_nms_test * 2.0 * (
+                cfg.roi_size ** 2 * channels * cfg.head_hidden + cfg.head_hidden ** 2
+                + cfg.head_hidden * 7)
+            det_flops = bb_flops + head_flops
+            per[name] = {
+                "model_input": list(img.shape),
+                "preprocess_ms": round(pre_ms, 1),
+                "unet_ms": round(unet_ms, 1),
+                "frcnn_ms": round(det_ms, 1),
+                "analyze_ms": round(full_ms, 1),
+                "unet_gflop": round(unet_flops / 1e9, 3),
+                "frcnn_gflop": round(det_flops / 1e9, 3),
+                "unet_gflops_per_s": round(unet_flops / unet_ms / 1e6, 2),
+                "frcnn_backbone_gflops_per_s": round(det_flops / det_ms / 1e6, 2),
+            }
+        report["precisions"][precision] = per
+    # accuracy of bf16 against fp32 on the same input
+    pixels, spacing = next(iter(images.values()))
+    pre = preprocess_array(pixels, spacing, model_spacing_mm=analyzers["fp32"].spacing_mm)
+    p32 = analyzers["fp32"].segment(pre.image)
+    p16 = analyzers["bf16"].segment(pre.image)
+    m32, m16 = p32 >= 0.5, p16 >= 0.5
+    d32 = analyzers["fp32"].detect(pre.image)
+    d16 = analyzers["bf16"].detect(pre.image)
+    report["bf16_vs_fp32"] = {
+        "unet_max_abs_prob_diff": float(np.abs(p32 - p16).max()),
+        "unet_mask_dice": float(2 * (m32 & m16).sum() / max(m32.sum() + m16.sum(), 1)),
+        "frcnn_top_score_fp32": float(d32.scores.max()) if len(d32.scores) else 0.0,
+        "frcnn_top_score_bf16": float(d16.scores.max()) if len(d16.scores) else 0.0,
+    }
+    report["peak_rss_mib_both_loaded"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    report["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                         "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    return report
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    report = bench(args.models, args.repeat)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Study latency, model time, memory and responsiveness of `mammo-scp serve`, in one run.
+
+For each of N four-view studies (real mini-MIAS images, 1024 x 1024 at 0.2 mm, fresh UIDs):
+storescu sends it to the node; latency runs from the last instance acknowledged to the
+last result acknowledged by the destination (dcmtk storescp). In the same run:
+
+* the pure model time of the same four images (the shipped models in this process),
+* peak RSS of the serve process (VmHWM) with both models loaded and studies in flight,
+* C-ECHO round trips every 50 ms throughout, while the workers run the models.
+
+    python benchmarks/node.py [--studies 10] [--precision fp32|bf16]
+
+Targets (issue #6): latency <= 1.15 x model time; a 4-view study end to end <= 4 s on
+2 cores; RSS <= 2.5 GiB; C-ECHO p99 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import sqlalchemy as sa  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from mammo_scp.config import SHIPPED_MODELS  # noqa: E402
+from mammo_scp.db import Database  # noqa: E402
+from mammo_scp.jobs.models import Delivery, Job, Study  # noqa: E402
+from mammo_scp.jobs.states import JobState  # noqa: E402
+from tests.support.load import Echoes, percentile  # noqa: E402
+from tests.support.mg import FOUR_VIEWS  # noqa: E402
+from tests.support.mias import mias_dataset  # noqa: E402
+from tests.support.peers import (  # noqa: E402
+    DCMTK_BIN,
+    NodeProcess,
+    StoreSCP,
+    free_port,
+    wait_for,
+    write_config,
+)
+
+WOMEN = [("mdb009", "mdb010"), ("mdb011", "mdb012"), ("mdb013", "mdb014"),
+         ("mdb017", "mdb018"), ("mdb019", "mdb020")]
+
+
+def write_study(directory: Path, index: int) -> list[Path]:
+    right, left = WOMEN[index % len(WOMEN)]
+    study_uid = generate_uid()
+    directory.mkdir(parents=True)
+    paths = []
+    for n, (laterality, view) in enumerate(FOUR_VIEWS, start=1):
+        ds = mias_dataset(right if laterality == "R" else left, view, study_uid=study_uid,
+                          instance_number=n)
+        path = directory / f"{laterality}{view}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def model_time_ms(files: list[Path], precision: str) -> tuple[float, float]:
+    """Milliseconds of pure inference for the four images (after a warm-up), load seconds."""
+    from mammo_scp.models.analyzer import Analyzer
+
+    started = time.perf_counter()
+    analyzer = Analyzer.load(SHIPPED_MODELS, precision=precision)
+    load_s = time.perf_counter() - started
+    datasets = [dcmread(p) for p in files]
+    analyzer.analyze(datasets[0])  # warm-up: graph tracing
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for ds in datasets:
+            analyzer.analyze(ds)
+        runs.append((time.perf_counter() - started) * 1000)
+    return statistics.median(runs), load_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=10)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        studies = [write_study(tmp / f"study{n}", n) for n in range(args.studies)]
+        pacs = StoreSCP(tmp / "pacs", free_port()).start()
+        port = free_port()
+        url = f"sqlite:///{tmp / 'node.db'}"
+        config = write_config(tmp / "node.toml", {
+            "port": port, "bind_address": "127.0.0.1", "data_dir": str(tmp / "data"),
+            "database_url": url, "poll_interval_s": 0.05, "min_free_mb": 1,
+            "inference_precision": args.precision,
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                              "port": pacs.port}]})
+        node = NodeProcess("serve", config, tmp / "serve.log").start()
+        node.wait_listening(port, "MAMMO_SCP", timeout=300)
+        db = Database(url)
+        echoes = Echoes(port, "MAMMO_SCP")
+        echoes.start()
+        latencies = []
+        try:
+            for files in studies:
+                done = subprocess.run([str(DCMTK_BIN / "storescu"), "-v", "-aec", "MAMMO_SCP",
+                                       "127.0.0.1", str(port), *map(str, files)],
+                                      capture_output=True, text=True, timeout=120)
+                acknowledged = datetime.now(UTC).replace(tzinfo=None)
+                assert done.stderr.count("(Success)") == 4, done.stderr
+                study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+                def finished(study_uid: str = study_uid) -> datetime | None:
+                    with db.session() as session:
+                        job = session.scalars(
+                            sa.select(Job).join(Study).where(Study.study_uid == study_uid)
+                        ).first()
+                        if job is None or job.state not in (JobState.DONE,
+                                                            JobState.DEAD_LETTER):
+                            return None
+                        return session.scalar(sa.select(sa.func.max(Delivery.delivered_at))
+                                              .where(Delivery.job_id == job.id))
+                last = wait_for(finished, 300, interval=0.02, what="the study's results")
+                latencies.append((last - acknowledged).total_seconds() * 1000)
+        finally:
+            echoes.stop.set()
+            echoes.join()
+            rss = peak_rss_mib(node.proc.pid) if node.proc else float("nan")
+            node.stop()
+            pacs.stop()
+        model_ms, load_s = model_time_ms(studies[0], args.precision)
+
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    print(f"studies: {len(latencies)} four-view studies of 1024 x 1024 MIAS images "
+          f"({args.precision})")
+    print(f"latency last ack -> last result acknowledged: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+    print(f"pure model time for the same four images: {model_ms:.0f} ms "
+          f"(models load in {load_s:.1f} s)")
+    print(f"latency / model time: p50 {p50 / model_ms:.2f}, p95 {p95 / model_ms:.2f} "
+          "(target <= 1.15)")
+    print(f"4-view study end to end (p50): {p50 / 1000:.2f} s (target <= 4 s)")
+    print(f"peak RSS of serve: {rss:.0f} MiB (target <= 2560 MiB)")
+    print(f"{echoes.summary()} (target p99 <= 100 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

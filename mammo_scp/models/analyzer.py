@@ -1,0 +1,182 @@
+"""Inference on one image: preprocess, U-Net and Faster R-CNN, results in source pixels."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+from pydicom.dataset import Dataset
+
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
+from mammo_scp.models.store import ModelBundle, load_model
+from mammo_scp.models.unet import UNetConfig, build_unet
+from mammo_scp.preprocess import FlipMode, Preprocessed, preprocess_array, preprocess_dataset
+from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+PAD_MULTIPLE = 32
+MASK_MODES = ("all", "largest", "with_finding")
+
+
+def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
+                     boxes: np.ndarray) -> np.ndarray:
+    """Model-space mask from the U-Net map: drop small regions and, per ``mode``, keep all
+    regions, only the largest, or only those touching a reported finding's box."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+    binary = (prob >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    for i in range(1, n):
+        keep[i] = stats[i, cv2.CC_STAT_AREA] >= min_area_px
+    if mode == "largest" and keep.any():
+        areas = np.where(keep, stats[:, cv2.CC_STAT_AREA], -1)
+        keep[:] = False
+        keep[int(np.argmax(areas))] = True
+    elif mode == "with_finding":
+        touched = np.zeros(n, dtype=bool)
+        for x0, y0, x1, y1 in boxes:
+            r0, r1 = max(int(np.floor(y0)), 0), max(int(np.ceil(y1)), 0)
+            c0, c1 = max(int(np.floor(x0)), 0), max(int(np.ceil(x1)), 0)
+            touched[np.unique(labels[r0:r1, c0:c1])] = True
+        keep &= touched
+    keep[0] = False
+    return np.asarray(keep[labels], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detector output in model pixels."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    p_malignant: np.ndarray
+
+
+class Analyzer:
+    """Both shipped models, ready to analyse images; safe to call from several threads."""
+
+    def __init__(self, unet: ModelBundle, frcnn: ModelBundle, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.unet_bundle = unet
+        self.frcnn_bundle = frcnn
+        policy = keras.DTypePolicy(PRECISIONS[precision])
+        self.unet = build_unet(UNetConfig(**unet.config), dtype=policy)
+        self.unet.set_weights(unet.weights)
+        self.detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config), dtype=policy)
+        self.detector.set_weights(frcnn.weights)
+        self.spacing_mm = unet.spacing_mm
+        self.detector_spacing_mm = frcnn.spacing_mm
+        self.mask_threshold = float(unet.thresholds.get("mask", 0.5))
+        self.mask_mode = str(unet.thresholds.get("mask_mode", "all"))
+        self.mask_min_area_mm2 = float(unet.thresholds.get("mask_min_area_mm2", 0.0))
+        self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5))
+        self._lock = threading.Lock()
+        self._unet_fn = tf.function(lambda x: self.unet(x, training=False),
+                                    input_signature=[tf.TensorSpec([1, None, None, 1])])
+        self.segmenter_info = ModelInfo(unet.name, unet.version)
+        self.detector_info = ModelInfo(frcnn.name, frcnn.version)
+
+    @classmethod
+    def load(cls, models_dir: Path, precision: str = "fp32") -> Analyzer:
+        """Load and verify ``models_dir/unet`` and ``models_dir/frcnn`` (latest versions)."""
+        return cls(load_model(Path(models_dir), "unet"), load_model(Path(models_dir), "frcnn"),
+                   precision)
+
+    # -- model calls ----------------------------------------------------------------------------
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """U-Net probability map (H, W) for a model-space image."""
+        with self._lock:
+            out = self._unet_fn(tf.constant(image[None, :, :, None], tf.float32))
+        return np.asarray(out, dtype=np.float32)[0, :, :, 0]
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detector boxes, mass scores and malignancy probabilities in model pixels."""
+        with self._lock:
+            boxes, scores, p_mal = self.detector.detect_one(
+                tf.constant(image[None, :, :, None], tf.float32))
+        return Detections(np.asarray(boxes, np.float64).reshape(-1, 4),
+                          np.asarray(scores, np.float64).reshape(-1),
+                          np.asarray(p_mal, np.float64).reshape(-1))
+
+    # -- whole images ---------------------------------------------------------------------------
+
+    def analyze(self, ds: Dataset, score_threshold: float | None = None) -> ImageAnalysis:
+        """Analyse a received DICOM image; mask and boxes come back in its own pixels."""
+        t0 = time.perf_counter()
+        pre = preprocess_dataset(ds, model_spacing_mm=self.spacing_mm, pad_multiple=PAD_MULTIPLE)
+        pre_det = pre
+        if self.detector_spacing_mm != self.spacing_mm:
+            pre_det = preprocess_dataset(ds, model_spacing_mm=self.detector_spacing_mm,
+                                         pad_multiple=PAD_MULTIPLE)
+        return self._run(pre, pre_det, str(ds.get("SOPInstanceUID", "")), t0, score_threshold)
+
+    def analyze_array(self, pixels: np.ndarray, spacing_mm: float | tuple[float, float],
+                      laterality: str | None = None, sop_uid: str = "",
+                      score_threshold: float | None = None) -> ImageAnalysis:
+        """Analyse a plain presentation-ready array (bright = dense), e.g. a mini-MIAS PNG."""
+        t0 = time.perf_counter()
+        pre = preprocess_array(pixels, spacing_mm, model_spacing_mm=self.spacing_mm,
+                               laterality=laterality, flip=FlipMode.AUTO,
+                               pad_multiple=PAD_MULTIPLE)
+        pre_det = pre
+        if self.detector_spacing_mm != self.spacing_mm:
+            pre_det = preprocess_array(pixels, spacing_mm,
+                                       model_spacing_mm=self.detector_spacing_mm,
+                                       laterality=laterality, flip=FlipMode.AUTO,
+                                       pad_multiple=PAD_MULTIPLE)
+        return self._run(pre, pre_det, sop_uid, t0, score_threshold)
+
+    def _run(self, pre: Preprocessed, pre_det: Preprocessed, sop_uid: str, t0: float,
+             score_threshold: float | None) -> ImageAnalysis:
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        t1 = time.perf_counter()
+        prob = self.segment(pre.image)
+        t2 = time.perf_counter()
+        det = self.detect(pre_det.image)
+        t3 = time.perf_counter()
+        reported = det.boxes[det.scores >= self.score_threshold]
+        if pre_det is not pre:  # detector boxes into the U-Net's model space, via source pixels
+            corners = [pre.transform.from_source(pre_det.transform.box_to_source(b).reshape(2, 2))
+                       for b in reported]
+            reported = np.array([[c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
+                                 for c in corners]).reshape(-1, 4)
+        min_area_px = self.mask_min_area_mm2 / self.spacing_mm ** 2
+        model_mask = postprocess_mask(prob, self.mask_threshold, self.mask_mode, min_area_px,
+                                      reported)
+        mask = pre.transform.mask_to_source(model_mask, 0.5)
+        findings = []
+        for box, score, p_mal in zip(det.boxes, det.scores, det.p_malignant, strict=True):
+            if score < threshold:
+                continue
+            x0, y0, x1, y1 = pre_det.transform.box_to_source(box)
+            if x1 - x0 <= 0 or y1 - y0 <= 0:
+                continue
+            findings.append(Finding(Box(float(x0), float(y0), float(x1), float(y1)),
+                                    float(np.clip(score, 0, 1)), float(np.clip(p_mal, 0, 1))))
+        findings.sort(key=lambda f: -f.score)
+        t4 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "unet": (t2 - t1) * 1e3,
+                   "frcnn": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3,
+                   "total": (t4 - t0) * 1e3}
+        logger.debug("analysed %s: %d findings in %.0f ms", sop_uid, len(findings),
+                     timings["total"])
+        return ImageAnalysis(sop_instance_uid=sop_uid, mask=mask, findings=tuple(findings),
+                             segmenter=self.segmenter_info, detector=self.detector_info,
+                             timings_ms=timings)
+
+
+__all__ = ["Analyzer", "Detections", "Any"]

@@ -1,0 +1,172 @@
+"""Evaluation: FROC, per-image malignancy AUC, Dice and IoU against the truth circles.
+
+A detection hits a lesion when its box centre lies inside the lesion's truth circle; extra
+boxes on an already-found lesion are neither hits nor false positives. Everything is measured
+end to end in source pixels through :class:`mammo_scp.models.analyzer.Analyzer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
+Circle = tuple[float, float, float]
+ImageDetections = tuple[np.ndarray, np.ndarray, Sequence[Circle]]
+
+
+def froc_curve(per_image: Sequence[ImageDetections]) -> tuple[np.ndarray, np.ndarray]:
+    """(FP per image, sensitivity) at every score threshold, thresholds descending."""
+    n_images = len(per_image)
+    n_lesions = sum(len(c) for _, _, c in per_image)
+    events: list[tuple[float, int]] = []  # (score, lesion id or -1 for a false positive)
+    lesion_id = 0
+    for boxes, scores, circles in per_image:
+        ids = list(range(lesion_id, lesion_id + len(circles)))
+        lesion_id += len(circles)
+        flat_boxes = np.asarray(boxes).reshape(-1, 4)
+        for box, score in zip(flat_boxes, np.asarray(scores).reshape(-1), strict=True):
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            hit = [i for i, (x, y, r) in zip(ids, circles, strict=True)
+                   if (cx - x) ** 2 + (cy - y) ** 2 <= r * r]
+            events.append((float(score), hit[0] if hit else -1))
+    events.sort(key=lambda e: -e[0])
+    found: set[int] = set()
+    fps = 0
+    xs, ys = [0.0], [0.0]
+    i = 0
+    while i < len(events):
+        score = events[i][0]
+        while i < len(events) and events[i][0] == score:
+            if events[i][1] < 0:
+                fps += 1
+            else:
+                found.add(events[i][1])
+            i += 1
+        xs.append(fps / max(n_images, 1))
+        ys.append(len(found) / max(n_lesions, 1))
+    return np.array(xs), np.array(ys)
+
+
+def froc_points(per_image: Sequence[ImageDetections], rates: Sequence[float] = FP_RATES
+                ) -> list[float]:
+    """Best sensitivity reachable with at most each rate of false positives per image."""
+    fp, sens = froc_curve(per_image)
+    return [float(sens[fp <= r].max()) if (fp <= r).any() else 0.0 for r in rates]
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Mann-Whitney AUC; None when one class is absent."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def dice_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    t, p = truth.astype(bool), pred.astype(bool)
+    inter = float((t & p).sum())
+    total = float(t.sum() + p.sum())
+    union = float((t | p).sum())
+    return (2 * inter / total if total else 1.0, inter / union if union else 1.0)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """All figures of one evaluation run."""
+
+    n_images: int
+    n_mass_images: int
+    n_lesions: int
+    froc: dict[str, float]
+    malignancy_auc: float | None
+    mass_auc: float | None
+    dice: float
+    iou: float
+    ms_per_image: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
+                "n_lesions": self.n_lesions, "froc_sensitivity": self.froc,
+                "malignancy_auc": self.malignancy_auc, "mass_auc": self.mass_auc,
+                "dice_mass_images": self.dice, "iou_mass_images": self.iou,
+                "ms_per_image": self.ms_per_image}
+
+
+def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.step(fp, sens, where="post")
+    ax.set_xscale("symlog", linthresh=0.25)
+    ax.set_xlim(0, max(4.5, float(fp.max()) if len(fp) else 4.5))
+    ax.set_ylim(0, 1.02)
+    for r in FP_RATES:
+        ax.axvline(r, color="0.85", lw=0.8)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
+             title: str = "FROC") -> EvalResult:
+    """Run the analyzer on every record (mini-MIAS layout) and compute all figures."""
+    import time
+
+    from mammo_scp.models.data import read_source, truth_mask
+
+    per_image: list[ImageDetections] = []
+    mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
+    dices, ious = [], []
+    elapsed = 0.0
+    for rec in records:
+        src = read_source(rec)
+        t0 = time.perf_counter()
+        result = analyzer.analyze_array(src, rec.spacing_mm, rec.laterality, rec.key,
+                                        score_threshold=0.0)
+        elapsed += time.perf_counter() - t0
+        boxes = np.array([[f.box.x0, f.box.y0, f.box.x1, f.box.y1] for f in result.findings])
+        scores = np.array([f.score for f in result.findings])
+        circles = [(les.x, les.y, les.radius) for les in rec.lesions]
+        per_image.append((boxes.reshape(-1, 4), scores, circles))
+        mal_labels.append(int(rec.is_malignant))
+        mal_scores.append(max([f.score * f.p_malignant for f in result.findings], default=0.0))
+        mass_labels.append(int(rec.is_mass))
+        mass_scores.append(max([f.score for f in result.findings], default=0.0))
+        if rec.is_mass:
+            d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
+            dices.append(d)
+            ious.append(j)
+    fp, sens = froc_curve(per_image)
+    rates = froc_points(per_image)
+    res = EvalResult(
+        n_images=len(records), n_mass_images=sum(r.is_mass for r in records),
+        n_lesions=sum(len(r.lesions) for r in records),
+        froc={str(r): s for r, s in zip(FP_RATES, rates, strict=True)},
+        malignancy_auc=roc_auc(mal_labels, mal_scores), mass_auc=roc_auc(mass_labels, mass_scores),
+        dice=float(np.mean(dices)) if dices else 0.0, iou=float(np.mean(ious)) if ious else 0.0,
+        ms_per_image=1000.0 * elapsed / max(len(records), 1))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))
+        plot_froc(fp, sens, out / "froc.png", title)
+        logger.info("evaluation written to %s", out)
+    return res

@@ -1,0 +1,379 @@
+"""Training loops for the U-Net and the Faster R-CNN: seeded, resumable, with a progress bar.
+
+Checkpoints (weights, optimizer state, epoch, best validation figure) are written to
+``<out>/checkpoint/`` after every epoch; ``--resume`` continues from there. The best epoch by
+the validation figure and the last epoch are both kept as ``best.npz`` / ``last.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from mammo_scp.models import augment as aug
+from mammo_scp.models.data import (
+    MALIGNANT,
+    Sample,
+    load_records,
+    load_samples,
+    split_by_woman,
+)
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
+from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
+
+logger = logging.getLogger(__name__)
+
+MAX_GT = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how long."""
+
+    kind: str  # "unet" | "frcnn"
+    data: str
+    out: str
+    epochs: int = 60
+    seed: int = 0
+    batch: int = 4
+    lr: float = 1e-3
+    model_spacing_mm: float = 0.8
+    train_shape: tuple[int, int] = (256, 192)
+    val_fraction: float = 0.25
+    split_seed: int = 0
+    mass_repeat: int = 2  # mass images appear this many times per epoch
+    insert_prob: float = 0.5
+    val_every: int = 2
+    stop_after: int | None = None  # train at most this many epochs in this invocation
+    crop: tuple[int, int] | None = None  # train on windows of this size (U-Net)
+    crop_lesion_prob: float = 0.7
+    init_weights: str | None = None  # start from these weights (a .npz written by a run)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; shapes are tuples everywhere else
+        object.__setattr__(self, "train_shape", tuple(int(v) for v in self.train_shape))
+        if self.crop is not None:
+            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow; ask TF for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        logger.warning("deterministic ops not available")
+
+
+def describe_devices() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU: {[g.name for g in gpus]}" if gpus else "CPU only"
+
+
+def prepare(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[aug.MassPatch]]:
+    records = load_records(Path(cfg.data))
+    train_recs, val_recs = split_by_woman(records, cfg.val_fraction, cfg.split_seed)
+    logger.info("%d training images (%d with masses), %d validation images (%d with masses)",
+                len(train_recs), sum(r.is_mass for r in train_recs), len(val_recs),
+                sum(r.is_mass for r in val_recs))
+    train = load_samples(train_recs, cfg.model_spacing_mm)
+    val = load_samples(val_recs, cfg.model_spacing_mm)
+    patches: list[aug.MassPatch] = []
+    for s in train:
+        if s.record.lesions:
+            patches += aug.cut_mass_patches(s.image, s.lesion_masks,
+                                            [les.label for les in s.record.lesions])
+    return train, val, patches
+
+
+def epoch_order(train: list[Sample], cfg: TrainConfig, rng: np.random.Generator) -> list[int]:
+    order = []
+    for i, s in enumerate(train):
+        order += [i] * (cfg.mass_repeat if s.record.is_mass else 1)
+    rng.shuffle(order)
+    usable = len(order) - len(order) % cfg.batch
+    return order[:usable]
+
+
+def make_examples(train: list[Sample], idx: list[int], cfg: TrainConfig,
+                  rng: np.random.Generator, patches: list[aug.MassPatch]) -> list[aug.Example]:
+    return [aug.augment(train[i].image, train[i].lesion_masks,
+                        [les.label for les in train[i].record.lesions], cfg.train_shape, rng,
+                        patches=patches, spacing_mm=cfg.model_spacing_mm,
+                        insert_prob=cfg.insert_prob) for i in idx]
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, *arrays)
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizers.Optimizer,
+                    state: TrainState, rng: np.random.Generator) -> None:
+    """Every model variable (weights, BN statistics, dropout seed states), optimizer, RNG."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    _save_npz(ckpt / "variables.npz", [np.asarray(v.numpy()) for v in variables])
+    _save_npz(ckpt / "optimizer.npz", [np.asarray(v.numpy()) for v in optimizer.variables])
+    tmp = ckpt / "state.json.tmp"
+    tmp.write_text(json.dumps({"state": asdict(state), "rng": rng.bit_generator.state}))
+    os.replace(tmp, ckpt / "state.json")
+
+
+def load_checkpoint(ckpt: Path, all_variables: list[Any],
+                    optimizer: keras.optimizers.Optimizer, variables: list[Any],
+                    rng: np.random.Generator) -> TrainState:
+    saved_vars = _load_npz(ckpt / "variables.npz")
+    if len(saved_vars) != len(all_variables):
+        raise ValueError(f"checkpoint {ckpt} does not match this model: "
+                         f"{len(saved_vars)} variables saved, {len(all_variables)} expected")
+    for var, value in zip(all_variables, saved_vars, strict=True):
+        var.assign(value)
+    optimizer.build(variables)
+    for var, value in zip(optimizer.variables, _load_npz(ckpt / "optimizer.npz"), strict=True):
+        var.assign(value)
+    saved = json.loads((ckpt / "state.json").read_text())
+    rng.bit_generator.state = saved["rng"]
+    st = saved["state"]
+    return TrainState(epoch=st["epoch"], best=st["best"], best_epoch=st["best_epoch"],
+                      history=st["history"])
+
+
+def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.lr, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02,
+        warmup_target=None)
+    return keras.optimizers.Adam(learning_rate=schedule, clipnorm=5.0)
+
+
+# ------------------------------------------------------------------------------------ U-Net
+
+def unet_val_dice(model: keras.Model, val: list[Sample]) -> float:
+    """Mean hard Dice (threshold 0.5) over validation images with masses, in model space."""
+    scores = []
+    for s in val:
+        if not s.record.is_mass:
+            continue
+        prob = model(s.image[None, :, :, None], training=False).numpy()[0, :, :, 0]
+        truth = s.lesion_masks.max(axis=0) >= 0.5
+        pred = prob >= 0.5
+        scores.append(2.0 * (truth & pred).sum() / max(truth.sum() + pred.sum(), 1))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def train_unet(cfg: TrainConfig) -> Path:
+    set_determinism(cfg.seed)
+    logger.info("training U-Net on %s (%s)", cfg.data, describe_devices())
+    train, val, patches = prepare(cfg)
+    ucfg = UNetConfig(**cfg.model)
+    model = build_unet(ucfg)
+    if cfg.init_weights:
+        model.set_weights(_load_npz(Path(cfg.init_weights)))
+        logger.info("initialised from %s", cfg.init_weights)
+    rng = np.random.default_rng(cfg.seed)
+    steps = len(epoch_order(train, cfg, np.random.default_rng(0))) // cfg.batch
+    optimizer = _optimizer(cfg, steps)
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    state = TrainState()
+    if (ckpt / "state.json").is_file():
+        state = load_checkpoint(ckpt, list(model.variables), optimizer,
+                                model.trainable_variables, rng)
+        logger.info("resumed at epoch %d", state.epoch)
+
+    @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+    def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = segmentation_loss(y, pred)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss, dice_coefficient(y, pred)
+
+    _write_config(out, cfg, ucfg.to_dict())
+    first_epoch = state.epoch
+    while state.epoch < cfg.epochs:
+        order = epoch_order(train, cfg, rng)
+        losses = []
+        t0 = time.time()
+        bar = tqdm(range(0, len(order), cfg.batch), desc=f"unet epoch {state.epoch + 1}",
+                   mininterval=5.0, leave=False)
+        for start in bar:
+            ex = make_examples(train, order[start:start + cfg.batch], cfg, rng, patches)
+            if cfg.crop is not None:
+                window = (int(cfg.crop[0]), int(cfg.crop[1]))
+                ex = [aug.random_crop(e, window, rng, cfg.crop_lesion_prob) for e in ex]
+            x = np.stack([e.image for e in ex])[..., None]
+            y = np.stack([e.mask for e in ex])[..., None]
+            loss, _ = step(tf.constant(x), tf.constant(y))
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", refresh=False)
+        state.epoch += 1
+        record: dict[str, float] = {"epoch": state.epoch, "loss": float(np.mean(losses)),
+                                    "seconds": time.time() - t0}
+        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+            dice = unet_val_dice(model, val)
+            record["val_dice"] = dice
+            if dice > state.best:
+                state.best, state.best_epoch = dice, state.epoch
+                _save_npz(out / "best.npz", model.get_weights())
+        state.history.append(record)
+        logger.info("unet %s", json.dumps(record))
+        _save_npz(out / "last.npz", model.get_weights())
+        save_checkpoint(ckpt, list(model.variables), optimizer, state, rng)
+        if cfg.stop_after is not None and state.epoch - first_epoch >= cfg.stop_after:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------- Faster R-CNN
+
+def frcnn_batch(examples: list[aug.Example], frc: FRCNNConfig, anchors: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Stack examples into images, RPN targets and padded truth boxes."""
+    b = len(examples)
+    images = np.stack([e.image for e in examples])[..., None]
+    rpn_l = np.zeros((b, len(anchors)), np.float32)
+    rpn_d = np.zeros((b, len(anchors), 4), np.float32)
+    gt_b = np.zeros((b, MAX_GT, 4), np.float32)
+    gt_l = np.zeros((b, MAX_GT), np.int32)
+    gt_v = np.zeros((b, MAX_GT), bool)
+    for i, e in enumerate(examples):
+        boxes, labels = e.boxes[:MAX_GT], e.labels[:MAX_GT]
+        rpn_l[i], rpn_d[i] = rpn_targets(frc, anchors, boxes, rng)
+        gt_b[i, :len(boxes)] = boxes
+        gt_l[i, :len(boxes)] = labels
+        gt_v[i, :len(boxes)] = True
+    return images, rpn_l, rpn_d, gt_b, gt_l, gt_v
+
+
+def frcnn_val_sensitivity(net: FasterRCNN, val: list[Sample], fp_rate: float = 1.0) -> float:
+    """Model-space FROC sensitivity at ``fp_rate`` false positives per image."""
+    from mammo_scp.models.evaluate import froc_points
+
+    per_image = []
+    for s in val:
+        boxes, scores, _ = net.detect(tf.constant(s.image[None, :, :, None]))[0]
+        circles = []
+        for m in s.lesion_masks:
+            ys, xs = np.nonzero(m >= 0.5)
+            if len(xs):
+                circles.append(((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2,
+                                (xs.max() + 1 - xs.min()) / 2))
+        per_image.append((boxes.numpy(), scores.numpy(), circles))
+    sens = froc_points(per_image, (fp_rate,))
+    return sens[0]
+
+
+def train_frcnn(cfg: TrainConfig) -> Path:
+    set_determinism(cfg.seed)
+    logger.info("training Faster R-CNN on %s (%s)", cfg.data, describe_devices())
+    train, val, patches = prepare(cfg)
+    frc = FRCNNConfig.from_dict(cfg.model)
+    net = FasterRCNN(frc)
+    if cfg.init_weights:
+        net.set_weights(_load_npz(Path(cfg.init_weights)))
+        logger.info("initialised from %s", cfg.init_weights)
+    window = (int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop is not None else cfg.train_shape
+    anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
+    rng = np.random.default_rng(cfg.seed)
+    steps = len(epoch_order(train, cfg, np.random.default_rng(0))) // cfg.batch
+    optimizer = _optimizer(cfg, steps)
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    state = TrainState()
+    if (ckpt / "state.json").is_file():
+        state = load_checkpoint(ckpt, net.variables, optimizer, net.trainable_variables, rng)
+        logger.info("resumed at epoch %d", state.epoch)
+
+    @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+    def step(images: tf.Tensor, rpn_l: tf.Tensor, rpn_d: tf.Tensor, gt_b: tf.Tensor,
+             gt_l: tf.Tensor, gt_v: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            parts = net.losses(images, rpn_l, rpn_d, gt_b, gt_l, gt_v, training=True, seed=seed)
+            total = tf.add_n(list(parts.values()))
+        variables = net.trainable_variables
+        grads = tape.gradient(total, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return {**parts, "total": total}
+
+    _write_config(out, cfg, frc.to_dict())
+    first_epoch = state.epoch
+    while state.epoch < cfg.epochs:
+        order = epoch_order(train, cfg, rng)
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        bar = tqdm(range(0, len(order), cfg.batch), desc=f"frcnn epoch {state.epoch + 1}",
+                   mininterval=5.0, leave=False)
+        n = 0
+        for start in bar:
+            ex = make_examples(train, order[start:start + cfg.batch], cfg, rng, patches)
+            if cfg.crop is not None:
+                ex = [aug.random_crop(e, window, rng, cfg.crop_lesion_prob) for e in ex]
+            batch = frcnn_batch(ex, frc, anchors, rng)
+            seed = rng.integers(0, 2**31 - 1, size=2).astype(np.int32)
+            parts = step(*(tf.constant(a) for a in batch), tf.constant(seed))
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{sums['total'] / n:.3f}", refresh=False)
+        state.epoch += 1
+        record: dict[str, float] = {"epoch": state.epoch, "seconds": time.time() - t0,
+                                    **{k: v / max(n, 1) for k, v in sums.items()}}
+        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+            sens = frcnn_val_sensitivity(net, val)
+            record["val_sens_at_1fp"] = sens
+            if sens >= state.best:
+                state.best, state.best_epoch = sens, state.epoch
+                _save_npz(out / "best.npz", net.get_weights())
+        state.history.append(record)
+        logger.info("frcnn %s", json.dumps(record))
+        _save_npz(out / "last.npz", net.get_weights())
+        save_checkpoint(ckpt, net.variables, optimizer, state, rng)
+        if cfg.stop_after is not None and state.epoch - first_epoch >= cfg.stop_after:
+            break
+    return out
+
+
+def _write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": asdict(cfg), "model": model_cfg}, indent=2))
+
+
+def train(cfg: TrainConfig) -> Path:
+    if cfg.kind == "unet":
+        return train_unet(cfg)
+    if cfg.kind == "frcnn":
+        return train_frcnn(cfg)
+    raise ValueError(f"unknown model kind {cfg.kind!r}: use 'unet' or 'frcnn'")
+
+
+__all__ = ["MALIGNANT", "TrainConfig", "math", "train", "train_frcnn", "train_unet"]

@@ -1,0 +1,120 @@
+"""The HTTP side: health, readiness, metrics that move, and the status page of a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mammo_scp.config import Settings
+from mammo_scp.db import Database
+from mammo_scp.http import NodeState, start_http
+from mammo_scp.jobs.states import JobState
+from mammo_scp.store.spool import Spool
+from tests.support.inprocess import AET, InProcessNode
+from tests.support.mg import four_view_study
+from tests.support.peers import StoreSCP, free_port, storescu, wait_for
+
+CHROMIUM = shutil.which("chromium")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_health_readiness_and_metrics_follow_a_study(
+    make_node: Callable[..., InProcessNode], tmp_path: Path
+) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        node = make_node(pacs.port)
+        assert _get(node.http + "/healthz") == (200, '{"status": "alive"}')
+        status, body = _get(node.http + "/readyz")
+        assert status == 200 and json.loads(body)["checks"] == {
+            "database": "ok", "models": "ok", "spool": "ok"}
+        _, before = _get(node.http + "/metrics")
+
+        _, files = four_view_study(tmp_path / "study")
+        assert storescu(node.settings.port, AET, files).returncode == 0
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 30,
+                 what="the study to be processed")
+        _, after = _get(node.http + "/metrics")
+    finally:
+        pacs.stop()
+
+    received = 'mammo_instances_received_total{status="success"}'
+    assert _metric(after, received) - _metric(before, received) == 4
+    delivered = 'mammo_delivery_attempts_total{outcome="delivered"}'
+    assert _metric(after, delivered) - _metric(before, delivered) == 4
+    assert _metric(after, "mammo_jobs", '{state="done"}') == 1
+    assert _metric(after, "mammo_queue_depth") == 0
+    load = 'mammo_stage_duration_seconds_count{stage="load"}'
+    assert _metric(after, load) - _metric(before, load) == 1
+    assert _metric(after, "mammo_associations_total", '{outcome="accepted"}') >= 1
+
+
+def test_readiness_fails_when_the_database_is_down(tmp_path: Path) -> None:
+    settings = Settings(http_bind_address="127.0.0.1", http_port=free_port())
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    dead = Database(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    server = start_http(NodeState(settings, dead, spool, models_loaded=True))
+    assert server is not None
+    try:
+        status, body = _get(f"http://127.0.0.1:{settings.http_port}/readyz")
+        assert status == 503
+        checks = json.loads(body)["checks"]
+        assert checks["database"].startswith("unreachable") and checks["spool"] == "ok"
+        assert _get(f"http://127.0.0.1:{settings.http_port}/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+def test_status_page_shows_the_jobs_of_a_real_run(
+    make_node: Callable[..., InProcessNode], tmp_path: Path
+) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        node = make_node(pacs.port)
+        for n in range(2):
+            _, files = four_view_study(tmp_path / f"study{n}", seed=n)
+            assert storescu(node.settings.port, AET, files).returncode == 0
+        wait_for(lambda: len([j for j in node.jobs() if j.state == JobState.DONE]) == 2, 30,
+                 what="two processed studies")
+        chrome = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync",
+                  f"--user-data-dir={tempfile.mkdtemp()}"]
+        dom = subprocess.run([*chrome, "--dump-dom", node.http + "/"], capture_output=True,
+                             text=True, timeout=120).stdout
+        shot = tmp_path / "status.png"
+        subprocess.run([*chrome, f"--screenshot={shot}", "--window-size=1400,700",
+                        node.http + "/"], capture_output=True, timeout=120)
+    finally:
+        pacs.stop()
+    for job in node.jobs():
+        assert re.search(rf"<td>{job.id}</td><td class=\"state-done\">done</td>", dom), dom
+    assert "four_views" in dom and "PACS@127.0.0.1" in dom
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    if os.environ.get("MAMMO_DOCS_SCREENSHOT"):  # how docs/status-page.png is made
+        shutil.copy(shot, os.environ["MAMMO_DOCS_SCREENSHOT"])

@@ -1,0 +1,77 @@
+"""`mammo-scp models ...`: train on a DICOM folder, refuse to clobber, resume exactly, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from mammo_scp.models.cli import add_models_parser
+from mammo_scp.models.store import load_model
+from mammo_scp.models.train import _load_npz
+from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammo-scp")
+    add_models_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(*argv: str) -> int:
+    args = _parser().parse_args(list(argv))
+    return int(args.func(args))
+
+
+@pytest.fixture(scope="module")
+def dicom_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("site")
+    for woman in range(4):
+        study = generate_uid()
+        for lat in ("R", "L"):
+            pixels = breast_phantom(256, 208, lat, seed=10 * woman + (lat == "L"))
+            if lat == "R":
+                pixels = add_mass(pixels, (128, 50), 14)
+            ds = make_mg(lat, "MLO", study_uid=study, pixels=pixels,
+                         patient=Patient(patient_id=f"W{woman}"))
+            ds.save_as(folder / f"w{woman}{lat}.dcm", enforce_file_format=True)
+            if lat == "R":
+                (folder / f"w{woman}{lat}.json").write_text(json.dumps(
+                    {"masses": [{"x": 50.5, "y": 128.5, "radius": 14, "severity": "B"}]}))
+    return folder
+
+
+def test_parser_has_the_commands():
+    args = _parser().parse_args(["models", "train", "frcnn", "--data", "d", "--out", "o",
+                                 "--epochs", "3", "--seed", "7", "--resume"])
+    assert (args.kind, args.epochs, args.seed, args.resume) == ("frcnn", 3, 7, True)
+    assert callable(args.func)
+    args = _parser().parse_args(["models", "evaluate", "--data", "d", "--models", "m",
+                                 "--out", "o"])
+    assert callable(args.func)
+
+
+def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
+    common = ["--data", str(dicom_folder), "--seed", "3", "--width", "4", "--batch", "4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _run("models", "train", "unet", "--out", str(straight), "--epochs", "2", *common) == 0
+    assert _run("models", "train", "unet", "--out", str(split), "--epochs", "2", "--stop-after",
+                "1", *common) == 0
+    # an existing checkpoint is not overwritten without --resume
+    assert _run("models", "train", "unet", "--out", str(split), "--epochs", "2", *common) == 2
+    assert _run("models", "train", "unet", "--out", str(split), "--epochs", "2", "--resume",
+                *common) == 0
+    a, b = _load_npz(straight / "last.npz"), _load_npz(split / "last.npz")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    state = json.loads((split / "checkpoint" / "state.json").read_text())["state"]
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert _run("models", "export", "unet", "--run", str(split), "--models",
+                str(tmp_path / "models"), "--version", "0.0.1") == 0
+    bundle = load_model(tmp_path / "models", "unet")
+    split_info = bundle.manifest["training"]["split"]
+    assert split_info["by"] == "woman"
+    assert set(split_info["train_women"]).isdisjoint(split_info["val_women"])

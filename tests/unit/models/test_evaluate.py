@@ -1,0 +1,37 @@
+"""Evaluation figures on hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mammo_scp.models.evaluate import dice_iou, froc_curve, froc_points, plot_froc, roc_auc
+
+
+def test_froc_counts_centres_inside_circles():
+    circles = [(50.0, 50.0, 10.0)]
+    img1 = (np.array([[45, 45, 55, 55], [0, 0, 10, 10]], float), np.array([0.9, 0.8]), circles)
+    img2 = (np.array([[80, 80, 90, 90], [48, 48, 52, 52]], float), np.array([0.95, 0.3]),
+            [(50.0, 50.0, 5.0)])
+    img3 = (np.zeros((0, 4)), np.zeros(0), [])
+    # thresholds: 0.95 -> FP; 0.9 -> hit 1; 0.8 -> FP; 0.3 -> hit 2
+    assert froc_points([img1, img2, img3], (0.25, 0.5, 1.0)) == [0.0, 0.5, 1.0]
+    fp, sens = froc_curve([img1, img2, img3])
+    assert sens[-1] == 1.0 and abs(fp[-1] - 2 / 3) < 1e-9
+
+
+def test_a_box_whose_centre_is_outside_is_a_false_positive():
+    per = [(np.array([[30, 30, 41, 41]], float), np.array([0.9]), [(50.0, 50.0, 10.0)])]
+    assert froc_points(per, (4.0,)) == [0.0]
+
+
+def test_auc_and_overlap(tmp_path):
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert roc_auc([0, 0], [0.1, 0.2]) is None
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert dice_iou(a, b) == (0.5, 1 / 3)
+    plot_froc(np.array([0, 0.5, 2]), np.array([0, 0.5, 1]), tmp_path / "f.png", "t")
+    assert (tmp_path / "f.png").stat().st_size > 1000

@@ -1,0 +1,91 @@
+"""The shipped models: verified loading, refusal of a corrupt copy, and a real-image check."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from mammo_scp.models.analyzer import Analyzer
+from mammo_scp.models.store import INTENDED_USE, MODEL_NAMES, ModelStoreError, load_model
+from mammo_scp.preprocess import preprocess_array
+from mammo_scp.results import ImageAnalysis
+from tests.support.mg import add_mass, make_mg
+
+BACKGROUND = "mdb006.png"  # a fatty normal left breast of the training folder
+MASS_RADIUS = 40  # source pixels = 8 mm at 0.2 mm
+
+
+@pytest.fixture(scope="module")
+def analyzer(models_dir: Path) -> Analyzer:
+    return Analyzer.load(models_dir)
+
+
+@pytest.fixture(scope="module")
+def mass_image(mias_dir: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """A real mini-MIAS breast with a clear synthetic mass in its tissue."""
+    img = cv2.imread(str(mias_dir / BACKGROUND), cv2.IMREAD_GRAYSCALE)
+    t = preprocess_array(img, 0.2, model_spacing_mm=0.8).transform
+    r0, c0, rows, cols = t.crop
+    row = r0 + int(rows * 0.55)
+    # 40 % of the breast width away from the chest wall (on the right after the flip: L breast)
+    col = c0 + int(cols * 0.6) if t.flipped else c0 + int(cols * 0.4)
+    return add_mass(img, (row, col), MASS_RADIUS), (row, col)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_manifests_are_complete_and_hashes_verify(models_dir, name):
+    bundle = load_model(models_dir, name)  # verifies the sha256
+    m = bundle.manifest
+    assert m["intended_use"] == INTENDED_USE
+    assert m["weights"]["dtype"] == "float16" and len(m["weights"]["sha256"]) == 64
+    assert bundle.spacing_mm > 0 and m["architecture"]["config"]
+    split = m["training"]["split"]
+    assert split["by"] == "woman" and set(split["train_women"]).isdisjoint(split["val_women"])
+    metrics = m["validation_metrics"]
+    assert set(metrics["froc_sensitivity"]) == {"0.25", "0.5", "1.0", "2.0", "4.0"}
+    assert "dice_mass_images" in metrics and "iou_mass_images" in metrics
+
+
+def test_a_corrupted_copy_is_refused_naming_the_file(models_dir, tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(models_dir, copy)
+    bundle = load_model(copy, "frcnn")
+    weights = bundle.path / "weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelStoreError, match=r"frcnn/.*/weights\.npz is corrupt"):
+        Analyzer.load(copy)
+
+
+def test_finds_a_clear_mass_on_a_real_mias_background(analyzer, mass_image):
+    pixels, (row, col) = mass_image
+    ds = make_mg("L", "MLO", study_uid=generate_uid(), pixels=pixels, bits_stored=8,
+                 spacing_mm=0.2)
+    result = analyzer.analyze(ds)
+    assert isinstance(result, ImageAnalysis)
+    assert result.mask.shape == pixels.shape and result.sop_instance_uid == ds.SOPInstanceUID
+    assert result.findings, "no finding on an obvious mass"
+    top = result.findings[0]
+    cx, cy = top.box.centre
+    assert (cx - col) ** 2 + (cy - row) ** 2 <= MASS_RADIUS ** 2
+    assert 0.0 <= top.p_malignant <= 1.0
+    assert result.mask[row, col], "the segmentation misses the mass centre"
+    yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
+    truth = (yy - row) ** 2 + (xx - col) ** 2 <= MASS_RADIUS ** 2
+    dice = 2 * (truth & result.mask).sum() / (truth.sum() + result.mask.sum())
+    assert dice > 0.3
+
+
+def test_concurrent_calls_agree(analyzer, mass_image):
+    pixels, _ = mass_image
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.map(lambda _: analyzer.analyze_array(pixels, 0.2, "L", "x"), range(2))
+    assert np.array_equal(a.mask, b.mask)
+    assert [f.box for f in a.findings] == [f.box for f in b.findings]

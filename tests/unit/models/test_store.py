@@ -1,0 +1,66 @@
+"""Shipped-model store: float16 weights, manifest, sha256 verification, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_scp.models.store import (
+    INTENDED_USE,
+    ModelStoreError,
+    latest_version,
+    load_model,
+    save_model,
+    sha256_of,
+)
+
+
+def _save(tmp_path: Path, version: str = "1.0.0") -> Path:
+    weights = [np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), np.arange(3.0)]
+    return save_model(tmp_path, "unet", version, weights,
+                      {"architecture": {"kind": "unet", "config": {"depth": 2}},
+                       "input": {"pixel_spacing_mm": 0.8}, "thresholds": {"mask": 0.5}})
+
+
+def test_round_trip_in_float16_with_a_manifest(tmp_path):
+    folder = _save(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights"]["sha256"] == sha256_of(folder / "weights.npz")
+    assert manifest["weights"]["dtype"] == "float16"
+    assert manifest["intended_use"] == INTENDED_USE
+    bundle = load_model(tmp_path, "unet")
+    assert bundle.version == "1.0.0" and bundle.spacing_mm == 0.8
+    assert bundle.weights[0].dtype == np.float32
+    assert np.allclose(bundle.weights[0], np.linspace(-1, 1, 12).reshape(3, 4), atol=1e-3)
+
+
+def test_latest_version_is_numeric_not_lexical(tmp_path):
+    _save(tmp_path, "1.9.0")
+    _save(tmp_path, "1.10.0")
+    assert latest_version(tmp_path, "unet") == "1.10.0"
+
+
+def test_corrupt_weights_are_refused_naming_the_file(tmp_path):
+    folder = _save(tmp_path)
+    data = bytearray((folder / "weights.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "weights.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelStoreError, match=r"weights\.npz is corrupt: sha256"):
+        load_model(tmp_path, "unet")
+
+
+def test_missing_files_are_named(tmp_path):
+    folder = _save(tmp_path)
+    (folder / "weights.npz").unlink()
+    with pytest.raises(ModelStoreError, match=r"weights file .*weights\.npz is missing"):
+        load_model(tmp_path, "unet")
+    shutil.rmtree(folder)
+    folder.mkdir()
+    with pytest.raises(ModelStoreError, match=r"manifest .*manifest\.json is missing"):
+        load_model(tmp_path, "unet")
+    with pytest.raises(ModelStoreError, match="frcnn is missing"):
+        load_model(tmp_path, "frcnn")
