@@ -12,7 +12,8 @@ from mammo_scp import __version__
 
 #: Identifies this implementation in association negotiation (PS3.7 D.3.3.2): a UUID-derived
 #: UID fixed for the project, and a version name that changes with each release.
-IMPLEMENTATION_CLASS_UID = "2.25.32288880922260250582317703663212367383"  # sha256("mammo-scp implementation")
+# 2.25 + the first 128 bits of sha256("mammo-scp implementation")
+IMPLEMENTATION_CLASS_UID = "2.25.32288880922260250582317703663212367383"
 IMPLEMENTATION_VERSION_NAME = f"MAMMO_SCP_{__version__}"[:16]
 
 
