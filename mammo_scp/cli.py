@@ -128,7 +128,8 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
         detail["deliveries"] = [
             {"destination": d.destination, "object": d.result.sop_instance_uid,
              "state": d.state.value, "attempts": d.attempts,
-             "next_attempt_at": _iso(d.next_attempt_at), "last_error": d.last_error}
+             "next_attempt_at": _iso(d.next_attempt_at), "last_error": d.last_error,
+             "commitment": d.commitment.value if d.commitment else None}
             for d in job.deliveries
         ]
     if args.json:
@@ -147,7 +148,7 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if detail["deliveries"]:
         print("\ndeliveries:")
         _print_table(detail["deliveries"], ["destination", "object", "state", "attempts",
-                                            "last_error"])
+                                            "commitment", "last_error"])
     return 0
 
 

@@ -64,6 +64,7 @@ class DicomDestination(Peer):
     kind: Literal["dicom"] = "dicom"
     name: str = Field(min_length=1, max_length=64)
     ae_title: AETitle
+    storage_commitment: bool = False
 
     @property
     def target(self) -> str:

@@ -27,6 +27,7 @@ def make_ae(ae_title: str) -> AE:
 
 class SopClass(StrEnum):
     VERIFICATION = "1.2.840.10008.1.1"
+    STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
     MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
     MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
     BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"

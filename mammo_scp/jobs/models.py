@@ -11,7 +11,13 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from mammo_scp.jobs.states import CompletionTrigger, DeliveryState, InstanceStatus, JobState
+from mammo_scp.jobs.states import (
+    CommitmentState,
+    CompletionTrigger,
+    DeliveryState,
+    InstanceStatus,
+    JobState,
+)
 
 UID = sa.String(64)
 
@@ -148,6 +154,10 @@ class Delivery(Base):
     lease_expires_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     delivered_at: Mapped[datetime | None]
+    commitment: Mapped[CommitmentState | None] = mapped_column(_enum(CommitmentState))
+    commitment_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    commitment_at: Mapped[datetime | None]
+    commitment_error: Mapped[str | None] = mapped_column(sa.Text)
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
     result: Mapped[Result] = relationship()

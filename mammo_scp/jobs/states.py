@@ -37,6 +37,14 @@ class DeliveryState(StrEnum):
     DEAD = "dead"            # out of attempts; visible in `jobs list`, `jobs retry` re-sends
 
 
+class CommitmentState(StrEnum):
+    """Storage Commitment of one delivered object (destinations with storage_commitment)."""
+
+    REQUESTED = "requested"  # N-ACTION accepted; waiting for the N-EVENT-REPORT
+    COMMITTED = "committed"  # the destination took responsibility for the object
+    FAILED = "failed"        # the destination reported it could not commit the object
+
+
 class InstanceStatus(StrEnum):
     RECEIVED = "received"
     PROCESSED = "processed"

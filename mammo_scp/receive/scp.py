@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mammo_scp.config import Settings
+from mammo_scp.db import Database
 from mammo_scp.dicom import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, SopClass, make_ae
 from mammo_scp.metrics import ASSOCIATIONS
+from mammo_scp.send.commitment import record_report
 from mammo_scp.store.ingest import Ingestor
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,13 @@ def _handle_store(event: evt.Event, ingestor: Ingestor) -> int:
         transfer_syntax=str(event.context.transfer_syntax),
         calling_ae=event.assoc.requestor.ae_title.strip(),
     ))
+
+
+def _handle_commitment_report(event: evt.Event, db: Database) -> tuple[int, None]:
+    """A destination reports Storage Commitment for objects the node sent it."""
+    request = cast(N_EVENT_REPORT, event.request)
+    record_report(db, int(request.EventTypeID or 0), event.event_information)
+    return 0x0000, None
 
 
 def _check_caller(event: evt.Event, settings: Settings) -> None:
@@ -115,6 +124,9 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     ae.add_supported_context(SopClass.VERIFICATION.value)
+    # The N-EVENT-REPORT of Storage Commitment arrives on the destination's own association,
+    # which proposes the SCP role for itself.
+    ae.add_supported_context(SopClass.STORAGE_COMMITMENT.value, scu_role=True, scp_role=True)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class.value, list(ACCEPTED_TRANSFER_SYNTAXES))
     return ae
@@ -143,6 +155,7 @@ def start_scp(settings: Settings, ingestor: Ingestor) -> ThreadedAssociationServ
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, _handle_store, [ingestor]),
+        (evt.EVT_N_EVENT_REPORT, _handle_commitment_report, [ingestor.db]),
         (evt.EVT_REQUESTED, _check_caller, [settings]),
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_REJECTED, _log_rejected, [settings]),

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mammo_scp.config import DicomDestination
-from mammo_scp.dicom import make_ae
+from mammo_scp.dicom import SopClass, make_ae
+from mammo_scp.send.commitment import request_commitment
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class SendOutcome:
     path: Path
     error: str | None
     permanent: bool = False
+    commitment_uid: str | None = None
 
 
 def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path],
@@ -46,8 +48,10 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
                        ImplicitVRLittleEndian):
             if syntax not in syntaxes:
                 syntaxes.append(syntax)
-    for sop_class, syntaxes in list(proposals.items())[:128]:
+    for sop_class, syntaxes in list(proposals.items())[:127]:
         ae.add_requested_context(sop_class, syntaxes)
+    if destination.storage_commitment:
+        ae.add_requested_context(SopClass.STORAGE_COMMITMENT.value)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         why = ("association rejected" if assoc.is_rejected else
@@ -58,6 +62,11 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
     try:
         for path, ds in zip(paths, datasets, strict=True):
             outcomes.append(SendOutcome(path, _store_one(assoc, ds)))
+        stored = [ds for ds, o in zip(datasets, outcomes, strict=True) if o.error is None]
+        if destination.storage_commitment and stored and assoc.is_established:
+            uid = request_commitment(assoc, stored)
+            outcomes = [replace(o, commitment_uid=uid if o.error is None else None)
+                        for o in outcomes]
     finally:
         if assoc.is_established:
             assoc.release()

@@ -19,7 +19,7 @@ from mammo_scp.config import Destination, DicomDestination, DicomWebDestination,
 from mammo_scp.db import Database
 from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import transition
-from mammo_scp.jobs.states import DeliveryState, JobState
+from mammo_scp.jobs.states import CommitmentState, DeliveryState, JobState
 from mammo_scp.metrics import DELIVERIES
 from mammo_scp.send.cstore import SendOutcome, send_files
 from mammo_scp.send.stow import stow_files
@@ -141,6 +141,9 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
                 delivery.state = DeliveryState.DELIVERED
                 delivery.delivered_at = now
                 delivery.last_error = None
+                if outcome.commitment_uid is not None:
+                    delivery.commitment = CommitmentState.REQUESTED
+                    delivery.commitment_uid = outcome.commitment_uid
                 logger.info("job %d: %s delivered to %s", item.job_id, item.sop_instance_uid,
                             item.destination)
                 continue

@@ -8,7 +8,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from mammo_scp.jobs.service import retry_job
-from mammo_scp.jobs.states import DeliveryState, JobState
+from mammo_scp.jobs.states import CommitmentState, DeliveryState, JobState
 from tests.support.inprocess import InProcessNode
 from tests.support.mg import four_view_study
 from tests.support.orthanc import Orthanc
@@ -116,5 +116,27 @@ def test_results_reach_orthanc_by_stow_rs(make_node, tmp_path: Path) -> None:
         expected = {str(generate_uid(entropy_srcs=[str(dcmread(f).SOPInstanceUID), "result"]))
                     for f in files}
         assert stored == expected
+    finally:
+        pacs.stop()
+
+
+def test_storage_commitment_is_requested_and_recorded(make_node, tmp_path: Path) -> None:
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc",
+                   modalities={"mammo": (AET, "127.0.0.1", node_port)}).start()
+    try:
+        node = make_node(None, port=node_port, destinations=[{
+            "name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+            "port": pacs.dicom_port, "storage_commitment": True}])
+        _send_study(node, tmp_path / "study")
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 60,
+                 what="delivery to Orthanc")
+        wait_for(lambda: all(d.commitment == CommitmentState.COMMITTED
+                             for d in node.deliveries()), 60,
+                 what="Orthanc's storage commitment report")
+        deliveries = node.deliveries()
+        assert len(deliveries) == 4
+        assert len({d.commitment_uid for d in deliveries}) == 1  # one request per batch
+        assert all(d.commitment_at is not None for d in deliveries)
     finally:
         pacs.stop()
