@@ -20,6 +20,15 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
 fi
 
+# The OHIF viewer's built dist/ (npm @ohif/app) for the viewer test, unpacked under .cache/.
+OHIF_VERSION=3.13.2
+if [ ! -f .cache/ohif/package/dist/index.html ]; then
+    command -v npm >/dev/null || as_root apt-get install -y -qq --no-install-recommends npm >/dev/null
+    mkdir -p .cache/ohif
+    (cd .cache/ohif && npm pack --silent "@ohif/app@${OHIF_VERSION}" >/dev/null \
+        && tar xzf "ohif-app-${OHIF_VERSION}.tgz")
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'

@@ -18,9 +18,14 @@ layer to the viewer for every normal image; the Measurement Report (one per
 study) still lists every processed image and its per-breast score, so "looked
 at and found nothing" is recorded there.
 
-Without a Frame of Reference the SEG carries no Pixel Measures functional group
-(optional then; highdicom's reader rejects the Spacing-only item its writer
-makes): the frame's grid is the source's, whose spacing applies.
+Pixel Measures: the SEG keeps the shared Pixel Measures item with the source's
+pixel spacing, because OHIF (3.13) fails to load a SEG without it. Slice
+Thickness is the source's Body Part Thickness (the compressed breast thickness)
+when the image has one; highdicom's reader needs it, dciodvfy accepts either.
+OHIF's SEG loader also reads Image Orientation (Patient) from the Plane Orientation
+group: the SEG carries the nominal in-plane orientation (1,0,0 / 0,1,0), which
+says only that frame rows and columns run as the source's; with no Frame of
+Reference it claims nothing about patient space.
 
 All SEGs of a study share one series ("AI mass segmentation", series number
 :attr:`SeriesNumber.SEG`); the instance number is the source's InstanceNumber,
@@ -114,6 +119,23 @@ def _processing_equipment(analysis: ImageAnalysis) -> hd.ContributingEquipment:
     )
 
 
+def _pixel_measures(source: Dataset, seg: Dataset) -> None:
+    """The shared Pixel Measures and Plane Orientation items viewers need (see the module
+    docstring): the source's spacing and compressed breast thickness, nominal orientation."""
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    if spacing is None:
+        return
+    measures = Dataset()
+    measures.PixelSpacing = [float(v) for v in spacing]
+    if source.get("BodyPartThickness"):
+        measures.SliceThickness = float(source.BodyPartThickness)
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    for shared in seg.SharedFunctionalGroupsSequence:
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        shared.PlaneOrientationSequence = DicomSequence([orientation])
+
+
 def build_seg(source: Dataset, analysis: ImageAnalysis) -> Dataset | None:
     """The BINARY SEG of one MG image's mass mask, or ``None`` when the mask is empty.
 
@@ -163,14 +185,7 @@ def build_seg(source: Dataset, analysis: ImageAnalysis) -> Dataset | None:
         # images): the SEG frame has the source's orientation.
         if "PatientOrientation" in source:
             seg.PatientOrientation = source.PatientOrientation
-        # highdicom writes a Pixel Measures item with Pixel Spacing only (Slice Thickness
-        # is required only with a Frame of Reference), but its own reader then rejects
-        # the object. The functional group is optional without a Frame of Reference and
-        # the frame shares the source's grid, so it is left out rather than inventing a
-        # slice thickness for a projection image.
-        for shared in seg.SharedFunctionalGroupsSequence:
-            if "PixelMeasuresSequence" in shared:
-                del shared.PixelMeasuresSequence
+        _pixel_measures(source, seg)
     # highdicom draws a random Dimension Organization UID; make it reproducible too.
     dimension_uid = derive_uid(ObjectKind.SEG_DIMENSION_ORGANIZATION, str(instance_uid))
     for item in seg.DimensionOrganizationSequence:

@@ -82,6 +82,8 @@ class Analyzer:
         self.mask_threshold = float(unet.thresholds.get("mask", 0.5))
         self.mask_mode = str(unet.thresholds.get("mask_mode", "all"))
         self.mask_min_area_mm2 = float(unet.thresholds.get("mask_min_area_mm2", 0.0))
+        # test-time augmentation: average the U-Net over the image and its up/down mirror
+        self.mask_tta = bool(unet.thresholds.get("tta_vflip", 0.0))
         self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5))
         self._lock = threading.Lock()
         self._unet_fn = tf.function(lambda x: self.unet(x, training=False),
@@ -98,10 +100,15 @@ class Analyzer:
     # -- model calls ----------------------------------------------------------------------------
 
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """U-Net probability map (H, W) for a model-space image."""
+        """U-Net probability map (H, W) for a model-space image (mirror-averaged if so set)."""
         with self._lock:
             out = self._unet_fn(tf.constant(image[None, :, :, None], tf.float32))
-        return np.asarray(out, dtype=np.float32)[0, :, :, 0]
+            prob = np.asarray(out, dtype=np.float32)[0, :, :, 0]
+            if self.mask_tta:
+                mirrored = np.ascontiguousarray(image[::-1])
+                out = self._unet_fn(tf.constant(mirrored[None, :, :, None], tf.float32))
+                prob = (prob + np.asarray(out, dtype=np.float32)[0, ::-1, :, 0]) / 2.0
+        return prob
 
     def detect(self, image: np.ndarray) -> Detections:
         """Detector boxes, mass scores and malignancy probabilities in model pixels."""

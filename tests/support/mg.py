@@ -126,6 +126,7 @@ def make_mg(
     view_item.ViewModifierCodeSequence = Sequence()
     ds.ViewCodeSequence = Sequence([view_item])
     ds.BodyPartExamined = "BREAST"
+    ds.BodyPartThickness = 52  # compressed breast thickness, mm
     ds.PositionerType = "MAMMOGRAPHIC"
     ds.OrganExposed = "BREAST"
     ds.DetectorType = "DIRECT"
