@@ -16,12 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import sqlalchemy as sa  # noqa: E402
 
 from mammo_scp.db import Database  # noqa: E402
-from mammo_scp.jobs.models import Job  # noqa: E402
-from mammo_scp.jobs.states import JobState  # noqa: E402
-from tests.support.load import Echoes, run_senders  # noqa: E402
+from tests.support.load import Echoes, all_jobs_done, run_senders  # noqa: E402
 from tests.support.peers import NodeProcess, free_port, wait_for, write_config  # noqa: E402
 
 
@@ -47,13 +44,8 @@ def main() -> int:
         try:
             result = run_senders(port, "MAMMO_SCP", tmp / "load", args.senders, args.seconds)
             started = time.monotonic()
-
-            def done() -> bool:
-                with db.session() as session:
-                    states = session.scalars(sa.select(Job.state)).all()
-                return len(states) == len(result.studies) and all(
-                    s == JobState.DONE for s in states)
-            wait_for(done, 1800, interval=1.0, what="the queue to drain")
+            wait_for(lambda: all_jobs_done(db, len(result.studies)), 1800, interval=1.0,
+                     what="the queue to drain")
             drain = time.monotonic() - started
         finally:
             echoes.stop.set()

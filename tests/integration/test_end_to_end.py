@@ -7,9 +7,12 @@ study in Orthanc, reference their sources, and pass dciodvfy as Orthanc stored t
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -75,7 +78,17 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
             return series if "SR" in series else None
 
         series = wait_for(delivered_series, 300, interval=1.0, what="the SR in Orthanc")
-        # The SR is the job's last object: once it is there, every SEG has arrived too.
+        # The SR is sent last in the job's association: once it is there, so are the SEGs.
+
+        # What an admin sees without a viewer: the job's images with the overlay drawn.
+        picture = tmp_path / "preview.png"
+        preview = subprocess.run([sys.executable, "-m", "mammo_scp", "preview", "1", "--out",
+                                  str(picture), "--config", str(config)],
+                                 capture_output=True, text=True, timeout=120)
+        assert preview.returncode == 0, preview.stderr
+        assert "4 image(s)" in preview.stdout
+        drawn = cv2.imread(str(picture))
+        assert drawn is not None and drawn.shape[1] > 2 * drawn.shape[0]  # four side by side
     finally:
         node.stop()
         print(node.output()[-5000:])

@@ -10,9 +10,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from mammo_scp.db import Database
-from mammo_scp.jobs.models import Instance, Job, Study
-from mammo_scp.jobs.states import JobState
-from tests.support.load import Echoes, run_senders
+from mammo_scp.jobs.models import Instance, Study
+from tests.support.load import Echoes, all_jobs_done, run_senders
 from tests.support.peers import NodeProcess, free_port, wait_for, write_config
 
 AET = "MAMMO_SCP"
@@ -32,13 +31,8 @@ def test_eight_concurrent_senders_lose_nothing(tmp_path: Path) -> None:
         echoes = Echoes(port, AET, interval=0.1)
         echoes.start()
         result = run_senders(port, AET, tmp_path / "load", senders=8, seconds=SECONDS)
-
-        def all_done() -> bool:
-            with db.session() as session:
-                states = session.scalars(sa.select(Job.state)).all()
-            return len(states) == len(result.studies) and all(
-                s == JobState.DONE for s in states)
-        wait_for(all_done, 600, interval=1.0, what="every study's job to be done")
+        wait_for(lambda: all_jobs_done(db, len(result.studies)), 600, interval=1.0,
+                 what="every study's job to be done")
         echoes.stop.set()
         echoes.join()
     finally:

@@ -9,10 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Job
+from mammo_scp.jobs.states import JobState
 from tests.support.mg import four_view_study
 from tests.support.peers import DCMTK_BIN
 
@@ -77,6 +81,13 @@ def _fresh_copy(template: list[Path], directory: Path) -> tuple[str, list[Path]]
         ds.save_as(target, enforce_file_format=True)
         out.append(target)
     return study_uid, out
+
+
+def all_jobs_done(db: Database, expected: int) -> bool:
+    """True when exactly ``expected`` jobs exist and all are done."""
+    with db.session() as session:
+        states = session.scalars(sa.select(Job.state)).all()
+    return len(states) == expected and all(s == JobState.DONE for s in states)
 
 
 def run_senders(port: int, aet: str, work: Path, senders: int, seconds: float) -> LoadResult:
