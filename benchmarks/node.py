@@ -66,6 +66,29 @@ def write_study(directory: Path, index: int) -> list[Path]:
     return paths
 
 
+def stage_breakdown(db: Database) -> dict[str, float]:
+    """Median ms per step of the studies after the first (warm-up): waiting for the
+    completion rule and a worker, each pipeline stage, and delivery."""
+    steps: dict[str, list[float]] = {}
+    with db.session() as session:
+        jobs = session.scalars(sa.select(Job).order_by(Job.id)).all()[1:]
+        for job in jobs:
+            events = job.events
+            queued = next(e.at for e in events if e.to_state == JobState.QUEUED)
+            claimed = next(e.at for e in events if e.to_state == JobState.RUNNING)
+            last_in = max(i.received_at for i in job.instances)
+            steps.setdefault("completion rule", []).append(
+                (queued - last_in).total_seconds() * 1000)
+            steps.setdefault("queue wait", []).append((claimed - queued).total_seconds() * 1000)
+            for event in events:
+                if event.stage:
+                    steps.setdefault(event.stage, []).append(event.duration_ms or 0.0)
+            finished = next(e.at for e in events if e.to_state == JobState.DELIVERING)
+            delivered = max(d.delivered_at for d in job.deliveries if d.delivered_at)
+            steps.setdefault("delivery", []).append((delivered - finished).total_seconds() * 1000)
+    return {k: statistics.median(v) for k, v in steps.items()}
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -104,7 +127,7 @@ def main() -> int:
         url = f"sqlite:///{tmp / 'node.db'}"
         config = write_config(tmp / "node.toml", {
             "port": port, "bind_address": "127.0.0.1", "data_dir": str(tmp / "data"),
-            "database_url": url, "poll_interval_s": 0.05, "min_free_mb": 1,
+            "database_url": url, "poll_interval_s": 1.0, "min_free_mb": 1,
             "inference_precision": args.precision,
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
                               "port": pacs.port}]})
@@ -135,6 +158,7 @@ def main() -> int:
                                               .where(Delivery.job_id == job.id))
                 last = wait_for(finished, 300, interval=0.02, what="the study's results")
                 latencies.append((last - acknowledged).total_seconds() * 1000)
+            breakdown = stage_breakdown(db)
         finally:
             echoes.stop.set()
             echoes.join()
@@ -152,6 +176,8 @@ def main() -> int:
     print(f"latency / model time: p50 {p50 / model_ms:.2f}, p95 {p95 / model_ms:.2f} "
           "(target <= 1.15)")
     print(f"4-view study end to end (p50): {p50 / 1000:.2f} s (target <= 4 s)")
+    print("where the time goes (median ms, studies after the first): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in breakdown.items()))
     print(f"peak RSS of serve: {rss:.0f} MiB (target <= 2560 MiB)")
     print(f"{echoes.summary()} (target p99 <= 100 ms)")
     return 0

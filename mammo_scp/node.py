@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -51,10 +52,24 @@ def load_models(settings: Settings) -> Analyzer | None:
         analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision)
     except ModelStoreError as exc:
         raise StartupError(f"cannot load the models: {exc}") from exc
-    logger.info("models loaded: %s %s, %s %s (%s)", analyzer.segmenter_info.name,
+    started = time.perf_counter()
+    warm_up(analyzer)
+    logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s)",
+                time.perf_counter() - started, analyzer.segmenter_info.name,
                 analyzer.segmenter_info.version, analyzer.detector_info.name,
                 analyzer.detector_info.version, settings.inference_precision)
     return analyzer
+
+
+def warm_up(analyzer: Analyzer) -> None:
+    """One inference on a synthetic breast, so the first study does not pay for tracing."""
+    import numpy as np
+
+    rows, cols = 1024, 832
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    breast = ((xx / (0.8 * cols)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2) <= 1.0
+    pixels = np.where(breast, 150, 10).astype(np.uint8)
+    analyzer.analyze_array(pixels, 0.2, laterality="R", sop_uid="warm-up")
 
 
 def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
@@ -79,7 +94,9 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
     server = None
     if with_scp:
         limits = ImageLimits(settings.min_image_side, settings.max_image_pixels)
-        server = start_scp(settings, Ingestor(db, spool, settings.min_free_mb, limits))
+        ingestor = Ingestor(db, spool, settings.min_free_mb, limits,
+                            on_stored=workers.instances_arrived.notify)
+        server = start_scp(settings, ingestor)
     workers.start()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

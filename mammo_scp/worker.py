@@ -172,6 +172,24 @@ class JobRunner:
             delivery.next_attempt_at = utcnow()
 
 
+class Wakeup:
+    """Lets whoever just made work for a polling loop wake it at once.
+
+    Loops still poll every ``poll_interval_s``, for work made by other processes
+    (a `work` host sharing the database) and for the quiet-period rule.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> None:
+        self._event.wait(timeout_s)
+        self._event.clear()
+
+
 class Workers:
     """The background threads of one process."""
 
@@ -182,6 +200,9 @@ class Workers:
         self.runner = JobRunner(settings, db, spool, pipeline)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.instances_arrived = Wakeup()
+        self.jobs_ready = Wakeup()
+        self.deliveries_ready = Wakeup()
 
     def start(self) -> None:
         targets = [("housekeeping", self._housekeeping), ("delivery", self._delivery)]
@@ -195,6 +216,8 @@ class Workers:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
+        for wakeup in (self.instances_arrived, self.jobs_ready, self.deliveries_ready):
+            wakeup.notify()
         deadline = time.monotonic() + timeout_s
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -217,17 +240,20 @@ class Workers:
         while not self.stopping.is_set():
             job_id = claim_next_job(self.db, me, self.settings.job_lease_s)
             if job_id is None:
-                self.stopping.wait(self.settings.poll_interval_s)
+                self.jobs_ready.wait(self.settings.poll_interval_s)
                 continue
             self.runner.run(job_id, me)
+            self.deliveries_ready.notify()
 
     def _delivery(self, me: str) -> None:
         while not self.stopping.is_set():
             if not deliver_due(self.db, self.spool, self.settings, me):
-                self.stopping.wait(self.settings.poll_interval_s)
+                self.deliveries_ready.wait(self.settings.poll_interval_s)
 
     def _housekeeping(self, me: str) -> None:
         while not self.stopping.is_set():
-            queue_ready_studies(self.db, self.settings.quiet_period_s)
-            recover_abandoned(self.db, self.settings.max_job_attempts)
-            self.stopping.wait(self.settings.poll_interval_s)
+            if queue_ready_studies(self.db, self.settings.quiet_period_s):
+                self.jobs_ready.notify()
+            if recover_abandoned(self.db, self.settings.max_job_attempts):
+                self.jobs_ready.notify()
+            self.instances_arrived.wait(self.settings.poll_interval_s)

@@ -9,6 +9,7 @@ pixel data waits for the worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +142,13 @@ class Ingestor:
     """Turns a received temporary file into a spooled, indexed instance."""
 
     def __init__(self, db: Database, spool: Spool, min_free_mb: int,
-                 limits: ImageLimits = ImageLimits(min_side=1, max_pixels=10**9)) -> None:
+                 limits: ImageLimits = ImageLimits(min_side=1, max_pixels=10**9),
+                 on_stored: Callable[[], None] | None = None) -> None:
         self.db = db
         self.spool = spool
         self.min_free_mb = min_free_mb
         self.limits = limits
+        self.on_stored = on_stored  # wakes the completion check of this process
 
     def ingest(self, tmp: Path, *, command_sop_class: str, command_sop_instance: str,
                transfer_syntax: str, calling_ae: str) -> StoreStatus:
@@ -221,6 +224,8 @@ class Ingestor:
         logger.info("stored instance %s of study %s (%s %s) from %s, %d bytes", sop_uid,
                     header.study_uid, header.laterality or "-", header.view or "-", calling_ae,
                     size)
+        if self.on_stored is not None:
+            self.on_stored()
         return StoreStatus.SUCCESS
 
     def _already_stored(self, sop_uid: str) -> bool:
