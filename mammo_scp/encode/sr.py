@@ -263,6 +263,16 @@ def _describe_library_images(report: hd.sr.MeasurementReport, sources: Sequence[
                     ))
 
 
+def _header_only(ds: Dataset) -> Dataset:
+    """A shallow copy of ``ds`` without its bulk pixel data."""
+    header = Dataset()
+    header.update({tag: element for tag, element in ds.items()
+                   if tag not in (0x7FE00010, 0x7FE00008, 0x7FE00009)})
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
+
+
 def build_measurement_report(
     sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis], segs: Sequence[Dataset],
 ) -> Dataset:
@@ -314,7 +324,9 @@ def build_measurement_report(
     _describe_library_images(report, sources)
     instance_uid = derive_uid(ObjectKind.SR_INSTANCE, study_uid, models, images)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*sources, *segs],
+        # Evidence needs only the identifying attributes; without the pixel data highdicom
+        # does not copy megabytes per image.
+        evidence=[_header_only(ds) for ds in (*sources, *segs)],
         content=report[0],
         series_instance_uid=derive_uid(ObjectKind.SR_SERIES, study_uid, models),
         series_number=int(SeriesNumber.MEASUREMENT_REPORT),
