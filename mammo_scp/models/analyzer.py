@@ -7,7 +7,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import keras
@@ -186,4 +185,4 @@ class Analyzer:
                              timings_ms=timings)
 
 
-__all__ = ["Analyzer", "Detections", "Any"]
+__all__ = ["Analyzer", "Detections", "postprocess_mask"]

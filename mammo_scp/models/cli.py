@@ -51,6 +51,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="size each augmented image is padded/cut to before cropping")
     tr.add_argument("--anchors", type=float, nargs="+", default=None,
                     help="detector anchor sizes in model pixels")
+    tr.add_argument("--crop-lesion-prob", type=float, default=0.7,
+                    help="share of windows centred on a mass when the image has one")
     tr.add_argument("--val-every", type=int, default=2)
     tr.set_defaults(func=_train)
 
@@ -100,7 +102,8 @@ def _train(args: argparse.Namespace) -> int:
                       seed=args.seed, batch=args.batch or defaults["batch"],
                       lr=args.lr or defaults["lr"], model_spacing_mm=args.spacing,
                       stop_after=args.stop_after, model=model, crop=crop,
-                      mass_repeat=defaults["mass_repeat"], val_every=args.val_every, **extra,
+                      mass_repeat=defaults["mass_repeat"], val_every=args.val_every,
+                      crop_lesion_prob=args.crop_lesion_prob, **extra,
                       init_weights=str(args.init) if args.init else None)
     train(cfg)
     return 0
@@ -169,7 +172,8 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
             "--train-shape", *(str(v) for v in tcfg["train_shape"]),
             "--val-every", str(tcfg["val_every"])]
     if tcfg.get("crop"):
-        argv += ["--crop", *(str(v) for v in tcfg["crop"])]
+        argv += ["--crop", *(str(v) for v in tcfg["crop"]),
+                 "--crop-lesion-prob", str(tcfg["crop_lesion_prob"])]
     if kind == "frcnn" and "anchor_sizes" in mcfg:
         argv += ["--anchors", *(f"{v:g}" for v in mcfg["anchor_sizes"])]
     if tcfg.get("init_weights"):

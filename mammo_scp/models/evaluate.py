@@ -56,6 +56,15 @@ def froc_curve(per_image: Sequence[ImageDetections]) -> tuple[np.ndarray, np.nda
     return np.array(xs), np.array(ys)
 
 
+def operating_point(per_image: Sequence[ImageDetections], threshold: float
+                    ) -> dict[str, float]:
+    """Sensitivity and false positives per image of the findings scoring >= ``threshold``."""
+    kept = [(b[s >= threshold], s[s >= threshold], c) for b, s, c in per_image]
+    fp, sens = froc_curve(kept)
+    return {"score_threshold": threshold, "sensitivity": float(sens[-1]),
+            "fp_per_image": float(fp[-1])}
+
+
 def froc_points(per_image: Sequence[ImageDetections], rates: Sequence[float] = FP_RATES
                 ) -> list[float]:
     """Best sensitivity reachable with at most each rate of false positives per image."""
@@ -96,13 +105,14 @@ class EvalResult:
     dice: float
     iou: float
     ms_per_image: float
+    operating_point: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
                 "n_lesions": self.n_lesions, "froc_sensitivity": self.froc,
                 "malignancy_auc": self.malignancy_auc, "mass_auc": self.mass_auc,
                 "dice_mass_images": self.dice, "iou_mass_images": self.iou,
-                "ms_per_image": self.ms_per_image}
+                "ms_per_image": self.ms_per_image, "operating_point": self.operating_point}
 
 
 def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
@@ -163,7 +173,9 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         froc={str(r): s for r, s in zip(FP_RATES, rates, strict=True)},
         malignancy_auc=roc_auc(mal_labels, mal_scores), mass_auc=roc_auc(mass_labels, mass_scores),
         dice=float(np.mean(dices)) if dices else 0.0, iou=float(np.mean(ious)) if ious else 0.0,
-        ms_per_image=1000.0 * elapsed / max(len(records), 1))
+        ms_per_image=1000.0 * elapsed / max(len(records), 1),
+        operating_point=operating_point(per_image, float(getattr(analyzer, "score_threshold",
+                                                                 0.5))))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,13 +21,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from mammo_scp.models import augment as aug
-from mammo_scp.models.data import (
-    MALIGNANT,
-    Sample,
-    load_records,
-    load_samples,
-    split_by_woman,
-)
+from mammo_scp.models.data import Sample, load_records, load_samples, split_by_woman
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
 from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
 
@@ -376,4 +369,4 @@ def train(cfg: TrainConfig) -> Path:
     raise ValueError(f"unknown model kind {cfg.kind!r}: use 'unet' or 'frcnn'")
 
 
-__all__ = ["MALIGNANT", "TrainConfig", "math", "train", "train_frcnn", "train_unet"]
+__all__ = ["TrainConfig", "train", "train_frcnn", "train_unet"]

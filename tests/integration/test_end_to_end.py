@@ -89,6 +89,13 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
         assert "4 image(s)" in preview.stdout
         drawn = cv2.imread(str(picture))
         assert drawn is not None and drawn.shape[1] > 2 * drawn.shape[0]  # four side by side
+
+        stored: dict[str, list[Path]] = {}  # what Orthanc keeps, as files
+        for kind, instance_ids in series.items():
+            for instance_id in instance_ids:
+                path = tmp_path / f"{kind}-{instance_id}.dcm"
+                path.write_bytes(pacs.file(instance_id))
+                stored.setdefault(kind, []).append(path)
     finally:
         node.stop()
         print(node.output()[-5000:])
@@ -96,10 +103,8 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
 
     # Only our objects (the images went to the node), and a SEG for the segmented masses.
     assert set(series) == {"SEG", "SR"}, f"series in Orthanc: {sorted(series)}"
-    for kind, instance_ids in series.items():
-        for instance_id in instance_ids:
-            path = tmp_path / f"{kind}-{instance_id}.dcm"
-            path.write_bytes(pacs.file(instance_id))
+    for kind, paths in stored.items():
+        for path in paths:
             verdict = run_dciodvfy(path)
             print(kind, verdict.warnings)
             assert not verdict.errors, verdict.errors

@@ -16,11 +16,13 @@ from pydicom.uid import generate_uid
 from mammo_scp.config import SHIPPED_MODELS
 from mammo_scp.encode import build_measurement_report, build_seg
 from mammo_scp.models.analyzer import Analyzer
-from tests.support.mg import add_mass, make_mg
+from mammo_scp.preprocess import preprocess_array
+from tests.support.mg import make_mg
 from tests.support.mias import MIAS_SPACING_MM, mias_laterality, mias_pixels
 
-# A normal (mass-free) woman of mini-MIAS as background.
-BACKGROUND = "mdb004"
+# A fatty normal breast of mini-MIAS as background.
+BACKGROUND = "mdb006"
+MASS_RADIUS_MM = 8.0
 
 
 @cache
@@ -38,19 +40,32 @@ def _polylines(sr: Dataset) -> Iterator[np.ndarray]:
     yield from walk(sr.ContentSequence)
 
 
-def _image(spacing_mm: float, centre_mm: tuple[float, float], radius_mm: float,
-           bits: int) -> tuple[Dataset, tuple[float, float], float]:
+def _mass_centre_mm() -> tuple[float, float]:
+    """(x, y) in mm: in the breast tissue, 40 % of the breast's width from the chest wall
+    and 55 % down its height, as found by the node's own breast crop."""
+    crop = preprocess_array(mias_pixels(BACKGROUND), MIAS_SPACING_MM,
+                            model_spacing_mm=analyzer().spacing_mm).transform
+    r0, c0, rows, cols = crop.crop
+    col = c0 + cols * (0.6 if crop.flipped else 0.4)
+    return col * MIAS_SPACING_MM, (r0 + rows * 0.55) * MIAS_SPACING_MM
+
+
+def _image(spacing_mm: float, bits: int) -> tuple[Dataset, tuple[float, float], float]:
     """The background at ``spacing_mm`` with a mass; returns it, the centre (x, y) and radius
     in its own pixels."""
     background = mias_pixels(BACKGROUND).astype(np.float64) / 255.0
     scale = MIAS_SPACING_MM / spacing_mm
     size = round(background.shape[0] * scale)
-    resized = cv2.resize(background, (size, size), interpolation=cv2.INTER_LINEAR)
+    image = cv2.resize(background, (size, size), interpolation=cv2.INTER_LINEAR)
+    x_mm, y_mm = _mass_centre_mm()
+    col, row = round(x_mm / spacing_mm), round(y_mm / spacing_mm)
+    radius = MASS_RADIUS_MM / spacing_mm
+    # The same soft round mass as tests.support.mg.add_mass, drawn before quantisation so
+    # that its contrast is the same fraction of the range at every bit depth.
+    yy, xx = np.ogrid[:size, :size]
+    image += 0.35 * np.exp(-((yy - row) ** 2 + (xx - col) ** 2) / (2 * (radius / 1.5) ** 2))
     top = (1 << bits) - 1
-    pixels = np.round(resized * top).astype(np.uint16 if bits > 8 else np.uint8)
-    row, col = (round(c / spacing_mm) for c in centre_mm)
-    radius = radius_mm / spacing_mm
-    pixels = add_mass(pixels, (row, col), round(radius), contrast=0.45)
+    pixels = np.round(np.clip(image, 0, 1) * top).astype(np.uint16 if bits > 8 else np.uint8)
     ds = make_mg(mias_laterality(BACKGROUND), "MLO", study_uid=generate_uid(), pixels=pixels,
                  spacing_mm=spacing_mm, bits_stored=bits)
     return ds, (float(col), float(row)), radius
@@ -59,8 +74,7 @@ def _image(spacing_mm: float, centre_mm: tuple[float, float], radius_mm: float,
 @pytest.mark.parametrize("spacing_mm,bits", [(MIAS_SPACING_MM, 8), (0.07, 14)],
                          ids=["mias-1024px", "full-field-0.07mm"])
 def test_mass_lands_where_it_was_drawn(spacing_mm: float, bits: int) -> None:
-    # In the breast of mdb004 (a left breast: tissue on the right of the image).
-    ds, (x, y), radius = _image(spacing_mm, centre_mm=(100.0, 150.0), radius_mm=9.0, bits=bits)
+    ds, (x, y), radius = _image(spacing_mm, bits)
     analysis = analyzer().analyze(ds)
     # "A few pixels" at the model's own resolution, expressed in source pixels.
     tolerance = 3 * analyzer().spacing_mm / spacing_mm

@@ -60,9 +60,14 @@ def add_mass(pixels: np.ndarray, centre_rc: tuple[int, int], radius: int,
     yy, xx = np.mgrid[0:rows, 0:cols]
     d2 = (yy - centre_rc[0]) ** 2 + (xx - centre_rc[1]) ** 2
     blob = np.exp(-d2 / (2.0 * (radius / 1.5) ** 2))
-    top = float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind == "u" else float(pixels.max())
+    # The full scale of the data: 255 for 8-bit, else the smallest 2**n - 1 holding the
+    # image (4095 for 12-bit data in uint16), so a 12-bit image never gets 16-bit values.
+    if pixels.dtype == np.uint8:
+        top = 255.0
+    else:
+        top = float((1 << max(int(pixels.max()), 1).bit_length()) - 1)
     out = pixels.astype(np.float64) + contrast * top * blob
-    return np.clip(out, 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
+    return np.clip(out, 0, top).astype(pixels.dtype)
 
 
 def make_mg(
