@@ -32,10 +32,22 @@ EVENT_ALL_COMMITTED = 1  # N-EVENT-REPORT Event Type IDs
 EVENT_SOME_FAILED = 2
 
 
-def request_commitment(assoc: Any, stored: Sequence[Dataset]) -> str | None:
-    """Ask for commitment of ``stored`` on an open association; the Transaction UID, or
-    None when the destination refused the request (the reason is logged)."""
-    transaction_uid = str(generate_uid())
+def new_transaction_uid() -> str:
+    return str(generate_uid())
+
+
+def reserve_transaction(db: Database, delivery_ids: Sequence[int], transaction_uid: str) -> None:
+    """Write the Transaction UID to the deliveries *before* the N-ACTION goes out: the
+    destination may report on its own association before the sender records anything."""
+    with db.session() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id.in_(list(delivery_ids)))
+                        .values(commitment_uid=transaction_uid, commitment=None,
+                                commitment_at=None, commitment_error=None))
+
+
+def request_commitment(assoc: Any, stored: Sequence[Dataset], transaction_uid: str) -> bool:
+    """Ask for commitment of ``stored`` on an open association under ``transaction_uid``;
+    False when the destination refused the request (the reason is logged)."""
     request = Dataset()
     request.TransactionUID = transaction_uid
     items = []
@@ -50,12 +62,12 @@ def request_commitment(assoc: Any, stored: Sequence[Dataset]) -> str | None:
                                         SopClass.STORAGE_COMMITMENT.value, PUSH_MODEL_INSTANCE)
     except ValueError as exc:  # Storage Commitment not accepted on this association
         logger.warning("storage commitment not offered by the destination: %s", exc)
-        return None
+        return False
     if not status or int(status.get("Status", 0xFFFF)) != 0x0000:
         code = f"0x{int(status.Status):04X}" if status and "Status" in status else "none"
         logger.warning("storage commitment request refused (status %s)", code)
-        return None
-    return transaction_uid
+        return False
+    return True
 
 
 def record_report(db: Database, event_type: int, info: Dataset) -> int:

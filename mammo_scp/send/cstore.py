@@ -33,8 +33,9 @@ class SendOutcome:
 
 
 def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path],
-               timeout_s: float) -> list[SendOutcome]:
-    """Send ``paths`` in one association; one outcome per path, in order."""
+               timeout_s: float, commitment_uid: str | None = None) -> list[SendOutcome]:
+    """Send ``paths`` in one association; one outcome per path, in order. With
+    ``commitment_uid``, ask for Storage Commitment of what was stored under that UID."""
     datasets = [dcmread(path) for path in paths]
     ae = make_ae(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -50,7 +51,7 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
                 syntaxes.append(syntax)
     for sop_class, syntaxes in list(proposals.items())[:127]:
         ae.add_requested_context(sop_class, syntaxes)
-    if destination.storage_commitment:
+    if commitment_uid is not None:
         ae.add_requested_context(SopClass.STORAGE_COMMITMENT.value)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
@@ -63,9 +64,9 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
         for path, ds in zip(paths, datasets, strict=True):
             outcomes.append(SendOutcome(path, _store_one(assoc, ds)))
         stored = [ds for ds, o in zip(datasets, outcomes, strict=True) if o.error is None]
-        if destination.storage_commitment and stored and assoc.is_established:
-            uid = request_commitment(assoc, stored)
-            outcomes = [replace(o, commitment_uid=uid if o.error is None else None)
+        if commitment_uid is not None and stored and assoc.is_established and \
+                request_commitment(assoc, stored, commitment_uid):
+            outcomes = [replace(o, commitment_uid=commitment_uid if o.error is None else None)
                         for o in outcomes]
     finally:
         if assoc.is_established:

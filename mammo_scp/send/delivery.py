@@ -21,6 +21,7 @@ from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import transition
 from mammo_scp.jobs.states import CommitmentState, DeliveryState, JobState
 from mammo_scp.metrics import DELIVERIES
+from mammo_scp.send.commitment import new_transaction_uid, reserve_transaction
 from mammo_scp.send.cstore import SendOutcome, send_files
 from mammo_scp.send.stow import stow_files
 from mammo_scp.store.spool import Spool
@@ -88,12 +89,12 @@ def deliver_due(db: Database, spool: Spool, settings: Settings, worker: str,
                 outcomes[item.delivery_id] = SendOutcome(
                     item.path, f"destination {name!r} is no longer configured", permanent=True)
             continue
-        outcomes.update(_send(destination, settings, items))
+        outcomes.update(_send(db, destination, settings, items))
     _record(db, settings, claimed, outcomes)
     return len(claimed)
 
 
-def _send(destination: Destination, settings: Settings,
+def _send(db: Database, destination: Destination, settings: Settings,
           items: list[_Claimed]) -> dict[int, SendOutcome]:
     """One handler per kind of destination; returns delivery id -> outcome."""
     timeout = settings.delivery_timeout_s
@@ -101,7 +102,12 @@ def _send(destination: Destination, settings: Settings,
         sent = stow_files(destination, [i.path for i in items], timeout)
         return {i.delivery_id: o for i, o in zip(items, sent, strict=True)}
     if isinstance(destination, DicomDestination):
-        sent = send_files(destination, settings.ae_title, [i.path for i in items], timeout)
+        commitment_uid = None
+        if destination.storage_commitment:
+            commitment_uid = new_transaction_uid()
+            reserve_transaction(db, [i.delivery_id for i in items], commitment_uid)
+        sent = send_files(destination, settings.ae_title, [i.path for i in items], timeout,
+                          commitment_uid)
         return {i.delivery_id: o for i, o in zip(items, sent, strict=True)}
     # CallerDestination: back to the AE that sent each job's study.
     outcomes: dict[int, SendOutcome] = {}
@@ -141,9 +147,9 @@ def _record(db: Database, settings: Settings, claimed: list[_Claimed],
                 delivery.state = DeliveryState.DELIVERED
                 delivery.delivered_at = now
                 delivery.last_error = None
-                if outcome.commitment_uid is not None:
+                # The report may have come in already: never downgrade it to "requested".
+                if outcome.commitment_uid is not None and delivery.commitment is None:
                     delivery.commitment = CommitmentState.REQUESTED
-                    delivery.commitment_uid = outcome.commitment_uid
                 logger.info("job %d: %s delivered to %s", item.job_id, item.sop_instance_uid,
                             item.destination)
                 continue
