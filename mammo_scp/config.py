@@ -131,6 +131,8 @@ class Settings(BaseModel):
     spool_dir: Path | None = None
     database_url: str | None = None
     workers: int = Field(default=1, ge=0, le=64)
+    worker_process: bool = True  # serve: run the workers in a child process, not beside the SCP
+    worker_nice: int = Field(default=10, ge=0, le=19)
     quiet_period_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     job_lease_s: float = Field(default=120.0, ge=5)

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,7 +26,7 @@ from mammo_scp.config import Settings
 from mammo_scp.db import Database, DatabaseUnavailable
 from mammo_scp.jobs.models import Delivery, Instance, Job, JobEvent, Study, utcnow
 from mammo_scp.jobs.states import DeliveryState, JobState
-from mammo_scp.metrics import REGISTRY
+from mammo_scp.metrics import REGISTRY, exposition
 from mammo_scp.store.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _handler(state: NodeState) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                            "application/json", body)
             elif path == "/metrics":
-                self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition())
             elif path == "/":
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8",
                            status_page(state).encode())

@@ -7,9 +7,21 @@ whole site's queue.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: Read by prometheus_client when it is imported: a process started with it set (the
+#: worker child of ``serve``) counts into files there instead of its own memory.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_children_dir: Path | None = None
 
 INSTANCES_RECEIVED = Counter(
     "mammo_instances_received", "C-STORE requests answered, by returned status",
@@ -28,3 +40,49 @@ MODEL_SECONDS = Histogram(
 DELIVERIES = Counter(
     "mammo_delivery_attempts", "Delivery attempts, by outcome (delivered, failed, dead)",
     ["outcome"], registry=REGISTRY)
+
+
+def share_metrics_with_children() -> Path:
+    """Make the child processes this process starts from now on count into a directory
+    that :func:`exposition` reads; the same directory for every child (restarts included)."""
+    global _children_dir
+    if _children_dir is None:
+        _children_dir = Path(tempfile.mkdtemp(prefix="mammo-scp-metrics-"))
+        os.environ[MULTIPROCESS_ENV] = str(_children_dir)
+    return _children_dir
+
+
+def exposition() -> bytes:
+    """This process's metrics in the Prometheus text format, with its children's merged in."""
+    if _children_dir is None:
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(_Merged(_children_dir))
+    return generate_latest(merged)
+
+
+class _Merged:
+    """This process's families plus the children's, one family per name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        children = MultiProcessCollector(  # type: ignore[no-untyped-call]
+            None, path=str(self.path)).collect()
+        for family in [*REGISTRY.collect(), *children]:
+            if family.name in families:
+                families[family.name].samples.extend(family.samples)
+            else:
+                families[family.name] = family
+        return families.values()
+
+
+def forget_children_metrics() -> None:
+    """Remove the children's metric files (when this process stops)."""
+    global _children_dir
+    if _children_dir is not None:
+        shutil.rmtree(_children_dir, ignore_errors=True)
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        _children_dir = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tests.support.peers import (
     DCMTK_BIN,
     NodeProcess,
     StoreSCP,
+    echo_ok,
     free_port,
     storescu,
     wait_for,
@@ -140,6 +142,21 @@ def test_kill_during_a_large_cstore(site: Site, tmp_path: Path, repeat: int) -> 
     print(f"large C-STORE kill #{repeat}: {acknowledged} acknowledged, {len(rows)} stored")
 
 
+def _running_worker_pid(site: Site) -> int:
+    """The pid of the process running the job (from its worker id, host:pid:thread)."""
+    running = [j for j in site.jobs() if j.state == JobState.RUNNING and j.worker]
+    assert running, "no running job"
+    return int(running[0].worker.split(":")[1])  # type: ignore[union-attr]
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # a zombie has exited; only its parent's wait is missing
+
+
 @pytest.mark.parametrize("repeat", range(REPEATS))
 def test_kill_during_processing(site: Site, tmp_path: Path, repeat: int) -> None:
     site.pacs.start()
@@ -148,7 +165,10 @@ def test_kill_during_processing(site: Site, tmp_path: Path, repeat: int) -> None
     assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
     wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
              interval=0.01, what="the job to run")
+    worker = _running_worker_pid(site)
+    assert node.proc is not None and worker != node.proc.pid  # the models run in a child
     node.kill()
+    wait_for(lambda: _process_gone(worker), 10, what="the worker process to die with serve")
     site.start()
     wait_for(lambda: _all_done(site), 180, what="the job to be done after the restart")
     claims = site.scalar(sa.select(sa.func.count()).select_from(JobEvent)
@@ -175,3 +195,21 @@ def test_kill_during_delivery(site: Site, tmp_path: Path, repeat: int) -> None:
     assert states == {DeliveryState.DELIVERED}
     assert _result_uids(site) == before == _delivered_uids(site)
     print(f"delivery kill #{repeat}: {len(before)} results delivered with the same UIDs")
+
+
+def test_a_killed_worker_process_is_restarted(site: Site, tmp_path: Path) -> None:
+    """`kill -9` of serve's worker child alone: the SCP keeps answering, serve starts a
+    new child, and the interrupted job is run again and delivered."""
+    site.pacs.start()
+    node = site.start()
+    _, files = four_view_study(tmp_path / "study", rows=1024, cols=832, seed=7)
+    assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
+    wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
+             interval=0.01, what="the job to run")
+    worker = _running_worker_pid(site)
+    os.kill(worker, signal.SIGKILL)
+    assert echo_ok(site.port, AET, timeout=5.0), "the SCP stopped answering"
+    wait_for(lambda: _all_done(site), 180, what="the job to be done by the new worker process")
+    assert node.proc is not None and node.proc.poll() is None, "serve died with its worker"
+    assert "restarting it" in node.output()
+    assert _delivered_uids(site) == _result_uids(site) != set()

@@ -7,8 +7,10 @@ study in Orthanc, reference their sources, and pass dciodvfy as Orthanc stored t
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
     config = write_config(tmp_path / "node.toml", {
         "port": node_port, "bind_address": "127.0.0.1", "data_dir": str(tmp_path / "data"),
         "quiet_period_s": 60.0, "poll_interval_s": 0.2, "min_free_mb": 1,
+        "http_bind_address": "127.0.0.1", "http_port": (http_port := free_port()),
         "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
                           "port": pacs.dicom_port}],
     })
@@ -79,6 +82,16 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
 
         series = wait_for(delivered_series, 300, interval=1.0, what="the SR in Orthanc")
         # The SR is sent last in the job's association: once it is there, so are the SEGs.
+
+        # serve's /metrics counts what its SCP received and what its worker process did.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert re.search(r'^mammo_instances_received_total\{status="success"\} 4\.0$', metrics,
+                         re.M), metrics
+        assert re.search(r'^mammo_stage_duration_seconds_count\{stage="analyze"\} 1\.0$',
+                         metrics, re.M), metrics
+        assert re.search(r'^mammo_model_inference_seconds_count\{model="[^"]+"\} 4\.0$',
+                         metrics, re.M), metrics
 
         # What an admin sees without a viewer: the job's images with the overlay drawn.
         picture = tmp_path / "preview.png"
