@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import socket
 from enum import IntEnum, StrEnum
+from typing import Any
 
 from pydicom import uid as pduid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from mammo_scp import __version__
 
@@ -23,6 +25,23 @@ def make_ae(ae_title: str) -> AE:
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     return ae
+
+
+def _send_pdus_at_once(event: evt.Event) -> None:
+    """Turn off Nagle's algorithm on an association's TCP connection.
+
+    pynetdicom leaves it on; a DIMSE message is then often held back until the peer
+    acknowledges the previous small segment, which peers delay by up to 40 ms: each
+    C-STORE to dcmtk's storescp took ~90 ms instead of ~45, and each answer to a sender
+    waited the same way.
+    """
+    sock: Any = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: Bind to every association the node makes or accepts (``evt_handlers``).
+NO_DELAY = (evt.EVT_CONN_OPEN, _send_pdus_at_once)
 
 
 class SopClass(StrEnum):

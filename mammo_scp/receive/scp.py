@@ -28,7 +28,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from mammo_scp.config import Settings
 from mammo_scp.db import Database
-from mammo_scp.dicom import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, SopClass, make_ae
+from mammo_scp.dicom import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    NO_DELAY,
+    STORAGE_SOP_CLASSES,
+    SopClass,
+    make_ae,
+)
 from mammo_scp.metrics import ASSOCIATIONS
 from mammo_scp.send.commitment import record_report
 from mammo_scp.store.ingest import Ingestor
@@ -153,6 +159,7 @@ def start_scp(settings: Settings, ingestor: Ingestor) -> ThreadedAssociationServ
     tempfile.tempdir = str(ingestor.spool.incoming)
     ae = build_ae(settings)
     handlers: list[Any] = [
+        NO_DELAY,
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, _handle_store, [ingestor]),
         (evt.EVT_N_EVENT_REPORT, _handle_commitment_report, [ingestor.db]),

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mammo_scp.config import DicomDestination
-from mammo_scp.dicom import SopClass, make_ae
+from mammo_scp.dicom import NO_DELAY, SopClass, make_ae
 from mammo_scp.send.commitment import request_commitment
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def send_files(destination: DicomDestination, calling_ae: str, paths: list[Path]
         ae.add_requested_context(sop_class, syntaxes)
     if commitment_uid is not None:
         ae.add_requested_context(SopClass.STORAGE_COMMITMENT.value)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         evt_handlers=[NO_DELAY])
     if not assoc.is_established:
         why = ("association rejected" if assoc.is_rejected else
                "association aborted" if assoc.is_aborted else "no association")

@@ -4,6 +4,7 @@ association: nothing half-written remains and the node keeps serving."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pynetdicom import AE
 
 from mammo_scp.config import Settings
 from mammo_scp.db import Database
-from mammo_scp.dicom import StoreStatus
+from mammo_scp.dicom import NO_DELAY, StoreStatus
 from mammo_scp.jobs.models import Instance
 from mammo_scp.receive.scp import start_scp
 from mammo_scp.store.ingest import Ingestor
@@ -156,3 +157,23 @@ def test_free_space_floor_refuses_new_instances(scp_factory, db: Database) -> No
     scp = scp_factory(db, min_free_mb=10**9)
     assert scp.send(_image()) == StoreStatus.OUT_OF_RESOURCES
     assert scp.files() == [] and scp.rows() == 0
+
+
+def test_both_ends_of_an_association_turn_nagle_off(scp: Scp) -> None:
+    """The node's SCP and its SCU send each PDU at once (TCP_NODELAY): with Nagle's
+    algorithm on, every C-STORE answer waited for a delayed ACK."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MG_FOR_PRESENTATION)
+    plain = ae.associate("127.0.0.1", scp.settings.port, ae_title=AET)
+    ours = ae.associate("127.0.0.1", scp.settings.port, ae_title=AET, evt_handlers=[NO_DELAY])
+    try:
+        assert plain.is_established and ours.is_established
+        accepted = scp.server.active_associations
+        assert len(accepted) == 2
+        for assoc in accepted:  # the SCP side of both
+            assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert ours.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not plain.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        plain.release()
+        ours.release()
