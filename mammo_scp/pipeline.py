@@ -140,7 +140,12 @@ def encode_stage(*, cad_sr: bool) -> Stage:
     """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR."""
 
     def encode(ctx: JobContext) -> str:
-        from mammo_scp.encode import build_cad_sr, build_measurement_report, build_seg
+        from mammo_scp.encode import (
+            build_cad_sr,
+            build_measurement_report,
+            build_seg,
+            has_findings,
+        )
 
         if not ctx.analyses:
             return "nothing to encode"
@@ -153,12 +158,18 @@ def encode_stage(*, cad_sr: bool) -> Stage:
             if seg is not None:
                 segs.append(seg)
                 ctx.results.append(ResultObject("SEG", seg))
-        ctx.results.append(ResultObject("SR", build_measurement_report(sources, analyses, segs)))
+        # No Measurement Report without findings: OHIF (3.13) fails to open one. The CAD SR,
+        # when on, still says "succeeded without findings".
+        reports = 0
+        if has_findings(analyses):
+            ctx.results.append(ResultObject("SR", build_measurement_report(sources, analyses,
+                                                                            segs)))
+            reports = 1
         if cad_sr:
             ctx.results.append(ResultObject("CAD_SR", build_cad_sr(sources, analyses)))
         ctx.artifacts[FINDINGS_FILE] = json.dumps(
             [analysis_to_json(a) for a in analyses], indent=1).encode()
-        return f"{len(segs)} SEG, 1 SR" + (", 1 CAD SR" if cad_sr else "")
+        return f"{len(segs)} SEG, {reports} SR" + (", 1 CAD SR" if cad_sr else "")
 
     return Stage("encode", encode)
 

@@ -7,6 +7,6 @@
 
 from mammo_scp.encode.cad_sr import build_cad_sr
 from mammo_scp.encode.seg import build_seg
-from mammo_scp.encode.sr import build_measurement_report
+from mammo_scp.encode.sr import build_measurement_report, has_findings
 
-__all__ = ["build_cad_sr", "build_measurement_report", "build_seg"]
+__all__ = ["build_cad_sr", "build_measurement_report", "build_seg", "has_findings"]

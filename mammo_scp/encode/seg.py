@@ -27,8 +27,10 @@ group: the SEG carries the nominal in-plane orientation (1,0,0 / 0,1,0), which
 says only that frame rows and columns run as the source's; with no Frame of
 Reference it claims nothing about patient space.
 
-All SEGs of a study share one series ("AI mass segmentation", series number
-:attr:`SeriesNumber.SEG`); the instance number is the source's InstanceNumber,
+Each SEG is in a series of its own (description "AI mass segmentation", series
+number :attr:`SeriesNumber.SEG`): OHIF (3.13) makes one display set per SEG
+*series*, from its last instance only, so SEGs sharing a series would hide all
+but one from a radiologist. The instance number is the source's InstanceNumber,
 so the SEG of RCC image 1 is SEG instance 1.
 """
 
@@ -65,10 +67,11 @@ DISPLAY_COLOUR = hd.color.CIELabColor(53.24, 80.09, 67.20)
 
 
 def seg_series_uid(source: Dataset, analysis: ImageAnalysis) -> UID:
-    """Series Instance UID shared by all SEGs of one study and segmenter version."""
+    """Series Instance UID of the SEG of ``source`` by this segmenter version: one series
+    per SEG, so that viewers listing one SEG per series (OHIF) show every one."""
     return derive_uid(
-        ObjectKind.SEG_SERIES, str(source.StudyInstanceUID), analysis.segmenter.name,
-        analysis.segmenter.version,
+        ObjectKind.SEG_SERIES, str(source.StudyInstanceUID), str(source.SOPInstanceUID),
+        analysis.segmenter.name, analysis.segmenter.version,
     )
 
 

@@ -16,11 +16,9 @@ Content, under the root "Imaging Measurement Report" (which OHIF reads):
   SEG's segment 1 ("Mass", frame 1). TID 1410 allows one region per group
   (an image region *or* a segment), so the two representations of one finding
   are linked by the tracking UID; OHIF merges groups with equal tracking UIDs.
-* Per breast imaged, a TID 1501 group (tracking identifier "Right breast" /
-  "Left breast", finding site Breast with laterality) with Probability of
-  cancer = the maximum ``p_malignant`` over the findings on that breast's
-  images (0 when there are none), and one exam-level group ("Exam", finding
-  site Breast) with the maximum over both breasts.
+* Nothing else: OHIF (3.13) cannot open a report holding a measurement group
+  without an image region (a per-breast or exam score), nor one without any
+  finding, so a study without findings gets no report (:func:`has_findings`).
 
 SCOORD coordinates are source image pixels, column then row, with (0, 0) the
 top left corner of the top left pixel (PS3.3 C.18.6.1.2). A
@@ -40,7 +38,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from mammo_scp.encode import codes
-from mammo_scp.encode.codes import Laterality
 from mammo_scp.encode.common import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -60,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 SERIES_DESCRIPTION = "AI mass measurements"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-EXAM_TRACKING_IDENTIFIER = "Exam"
 
 
 def box_polyline(box: Box, rows: int, columns: int) -> np.ndarray:
@@ -178,49 +174,9 @@ def _finding_groups(
     return groups
 
 
-def breast_scores(pairs: Sequence[tuple[Dataset, ImageAnalysis]]) -> dict[Laterality, float]:
-    """Per breast imaged: the maximum ``p_malignant`` over its findings, 0.0 without findings."""
-    scores: dict[Laterality, float] = {}
-    for source, analysis in pairs:
-        laterality = laterality_of(source)
-        best = max((finding.p_malignant for finding in analysis.findings), default=0.0)
-        scores[laterality] = max(scores.get(laterality, 0.0), best)
-    return scores
-
-
-def _score_groups(
-    pairs: Sequence[tuple[Dataset, ImageAnalysis]], study_key: str, detector: ModelInfo,
-) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    algorithm = _algorithm(detector)
-    groups = []
-    scores = breast_scores(pairs)
-    for laterality in (Laterality.RIGHT, Laterality.LEFT):
-        if laterality not in scores:
-            continue
-        images = [
-            hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)
-            for source, _ in pairs if laterality_of(source) is laterality
-        ]
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derive_uid(ObjectKind.BREAST_TRACKING, study_key, laterality.value),
-                identifier=f"{laterality.word} breast",
-            ),
-            finding_sites=[hd.sr.FindingSite(codes.BREAST, laterality=laterality.code)],
-            algorithm_id=algorithm,
-            measurements=[_percent(codes.PROBABILITY_OF_CANCER, scores[laterality], algorithm)],
-            source_images=images,
-        ))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(ObjectKind.EXAM_TRACKING, study_key),
-            identifier=EXAM_TRACKING_IDENTIFIER,
-        ),
-        finding_sites=[hd.sr.FindingSite(codes.BREAST)],
-        algorithm_id=algorithm,
-        measurements=[_percent(codes.PROBABILITY_OF_CANCER, max(scores.values()), algorithm)],
-    ))
-    return groups
+def has_findings(analyses: Sequence[ImageAnalysis]) -> bool:
+    """Whether a study's analyses give a Measurement Report anything to hold."""
+    return any(analysis.findings for analysis in analyses)
 
 
 def device_observer(detector: ModelInfo) -> hd.sr.ObserverContext:
@@ -292,10 +248,13 @@ def build_measurement_report(
     ------
     ValueError
         If sources mix studies, analyses and sources do not match one to one, the
-        analyses come from different models, or a SEG references something else.
+        analyses come from different models, a SEG references something else, or
+        there is no finding to report.
     """
     check_one_study(sources)
     pairs = pair_analyses(sources, analyses)
+    if not has_findings(analyses):
+        raise ValueError("no findings: a Measurement Report needs at least one")
     detector = single_model([analysis.detector for analysis in analyses], "detector")
     segmenter = single_model([analysis.segmenter for analysis in analyses], "segmenter")
     seg_of = _seg_by_source(segs, {str(source.SOPInstanceUID) for source in sources})
@@ -303,15 +262,13 @@ def build_measurement_report(
     study_uid = str(sources[0].StudyInstanceUID)
     models = model_key([(segmenter.name, segmenter.version), (detector.name, detector.version)])
     images = ",".join(sorted(str(source.SOPInstanceUID) for source in sources))
-    study_key = f"{study_uid}|{models}"
 
-    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-                 | hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    # Only findings, each with its image region (see the module's docstring).
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
     for source, analysis in pairs:
         seg = seg_of.get(str(source.SOPInstanceUID))
         for number, finding in enumerate(analysis.findings, start=1):
             groups.extend(_finding_groups(source, analysis, seg, number, finding))
-    groups.extend(_score_groups(pairs, study_key, detector))
 
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(

@@ -32,8 +32,6 @@ class ObjectKind(Enum):
     CAD_SR_INSTANCE = "cad-sr-instance"
     SEGMENT_TRACKING = "segment-tracking"
     FINDING_TRACKING = "finding-tracking"
-    BREAST_TRACKING = "breast-tracking"
-    EXAM_TRACKING = "exam-tracking"
     DEVICE_OBSERVER = "device-observer"
 
 

@@ -24,7 +24,8 @@ from mammo_scp.db import Database
 from mammo_scp.jobs.models import Delivery, Instance, Job, JobEvent, Result
 from mammo_scp.jobs.states import DeliveryState, JobState
 from mammo_scp.store.spool import Spool
-from tests.support.mg import FOUR_VIEWS, four_view_study, make_mg
+from tests.support.mg import FOUR_VIEWS, make_mg
+from tests.support.mias import mias_mass_study
 from tests.support.peers import (
     DCMTK_BIN,
     NodeProcess,
@@ -161,7 +162,7 @@ def _process_gone(pid: int) -> bool:
 def test_kill_during_processing(site: Site, tmp_path: Path, repeat: int) -> None:
     site.pacs.start()
     node = site.start()
-    _, files = four_view_study(tmp_path / "study", rows=1024, cols=832, seed=repeat)
+    _, files = mias_mass_study(tmp_path / "study")
     assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
     wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
              interval=0.01, what="the job to run")
@@ -181,7 +182,7 @@ def test_kill_during_processing(site: Site, tmp_path: Path, repeat: int) -> None
 @pytest.mark.parametrize("repeat", range(REPEATS))
 def test_kill_during_delivery(site: Site, tmp_path: Path, repeat: int) -> None:
     node = site.start()  # the PACS is down: deliveries fail and are retried
-    _, files = four_view_study(tmp_path / "study", seed=repeat)
+    _, files = mias_mass_study(tmp_path / "study")
     assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
     wait_for(lambda: site.scalar(sa.select(sa.func.max(Delivery.attempts))) or 0, 60,
              interval=0.05, what="a failed delivery attempt")
@@ -202,7 +203,7 @@ def test_a_killed_worker_process_is_restarted(site: Site, tmp_path: Path) -> Non
     new child, and the interrupted job is run again and delivered."""
     site.pacs.start()
     node = site.start()
-    _, files = four_view_study(tmp_path / "study", rows=1024, cols=832, seed=7)
+    _, files = mias_mass_study(tmp_path / "study")
     assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
     wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
              interval=0.01, what="the job to run")

@@ -1,91 +1,387 @@
-"""The radiologist's viewer: OHIF (npm @ohif/app, its built dist/) in headless Chromium
-shows the node's SEG as an overlay on the mammogram and lists the SR, read from Orthanc.
+"""The radiologist's viewer: what the node sends is shown by OHIF in a real browser.
 
-The SEG and SR are made by the node's encoders from the mini-MIAS truth circles, so the
-test checks what a viewer does with our objects, whatever the models find.
+A four-view mini-MIAS study goes to Orthanc (as the modality would send it to the PACS) and
+to ``mammo-scp serve`` with the shipped models, which delivers its SEGs and SR to Orthanc.
+OHIF 3.13 (npm @ohif/app, its built dist/, served on loopback with Orthanc's DICOMweb as
+its data source) runs in the Debian chromium driven by Playwright, and must:
+
+* list the four images, the SEGs and the SR of the study;
+* load each SEG as a segmentation with the segment "Mass", drawn over the truth circle of
+  that image's mass (screen pixels change there when the segment is shown, not elsewhere);
+* load the SR and draw its findings with their probabilities;
+* open a second study, one without findings, for which the node sends nothing (OHIF 3.13.2
+  cannot open a Measurement Report without findings: docs/ohif.md), without an error;
+* log no error about SEG, SR, segmentation, measurement or VOI parsing.
+
+mdb010 (LCC) and mdb012 (LMLO) carry a benign mass that the shipped U-Net covers (0.99 and
+more of the truth circle) and the detector finds; mdb009 and mdb011 have none. In the second
+study (mdb006, mdb007, mdb014, mdb035, all normal) the shipped models find nothing.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from mammo_scp.encode import build_measurement_report, build_seg
-from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Job, Study
+from mammo_scp.jobs.states import JobState
 from tests.support import ohif
-from tests.support.mg import FOUR_VIEWS
-from tests.support.mias import mias_dataset, mias_masses
+from tests.support.mg import FOUR_VIEWS, Patient
+from tests.support.mias import (
+    DEFAULT_PATIENT,
+    MASS_STUDY,
+    Lesion,
+    mias_dataset,
+    mias_masses,
+)
 from tests.support.orthanc import Orthanc
-from tests.support.peers import free_port, storescu
+from tests.support.peers import NodeProcess, free_port, storescu, wait_for, write_config
 
-STUDY = {("R", "CC"): "mdb009", ("L", "CC"): "mdb010", ("R", "MLO"): "mdb011",
-         ("L", "MLO"): "mdb012"}
-MODELS = (ModelInfo("mammo-unet", "test"), ModelInfo("mammo-frcnn", "test"))
+AET = "MAMMO_SCP"
+STUDY = MASS_STUDY
+WITH_MASS = ("mdb010", "mdb012")
+NORMAL = {("R", "CC"): "mdb007", ("L", "CC"): "mdb006", ("R", "MLO"): "mdb035",
+          ("L", "MLO"): "mdb014"}
+SCALE = 3.0  # the screen region checked: a square of half-side 3 truth radii
+TIMEOUT_MS = 120_000  # a slow, shared 2-core machine: software WebGL, TensorFlow nearby
+# Console lines that mean OHIF could not read or draw what we sent.
+FATAL = re.compile(r"seg\b|\bsr\b|segment|measurement|voi lut|referencedsop|contentsequence|"
+                   r"scoord|error boundary|something went wrong", re.IGNORECASE)
 
-pytestmark = pytest.mark.skipif(not ohif.available(),
-                                reason=f"OHIF dist not at {ohif.OHIF_DIST} (tests/run.sh "
-                                       "unpacks it) or chromium missing")
-
-
-def _truth_analysis(ds, ref: str) -> ImageAnalysis:  # type: ignore[no-untyped-def]
-    mask = np.zeros((int(ds.Rows), int(ds.Columns)), dtype=bool)
-    findings = []
-    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
-    for lesion in mias_masses(ref):
-        mask |= (xx - lesion.x) ** 2 + (yy - lesion.row) ** 2 <= lesion.radius ** 2
-        findings.append(Finding(Box(lesion.x - lesion.radius, lesion.row - lesion.radius,
-                                    lesion.x + lesion.radius, lesion.row + lesion.radius),
-                                0.9, 0.8 if lesion.malignant else 0.2))
-    return ImageAnalysis(str(ds.SOPInstanceUID), mask, tuple(findings), *MODELS)
+pytestmark = pytest.mark.skipif(
+    not (ohif.available() and ohif.playwright_available()),
+    reason=f"OHIF dist not at {ohif.OHIF_DIST} (tests/run.sh unpacks it), Debian chromium "
+           "or the playwright package (pip install '.[test]') missing")
 
 
-def test_ohif_draws_the_seg_on_the_mammogram(tmp_path: Path) -> None:
-    study_uid = generate_uid()
-    sources, analyses = [], []
+@dataclass(frozen=True)
+class OnScreen:
+    """A truth circle mapped to page pixels through the cornerstone viewport."""
+
+    viewport_id: str
+    sop_instance_uid: str
+    x: float
+    y: float
+    radius: float
+
+
+def _send_study_through_the_node(folder: Path, pacs: Orthanc, node_port: int,
+                                 study_uid: str, views: dict[tuple[str, str], str],
+                                 db: Database, patient: Patient = DEFAULT_PATIENT,
+                                 ) -> dict[str, str]:
+    """Images to the PACS and to the node; wait for the node's job to be done. Returns SOP
+    UID -> ref."""
+    files, refs = [], {}
+    folder.mkdir()
     for number, (laterality, view) in enumerate(FOUR_VIEWS, start=1):
-        ds = mias_dataset(STUDY[(laterality, view)], view, study_uid=study_uid,
-                          instance_number=number)
-        # OHIF 3.13 throws "Invalid VOI LUT function" when it overlays a SEG on an image
-        # that has VOI LUT Function LINEAR (a viewer bug; the attribute is valid).
+        ref = views[(laterality, view)]
+        ds = mias_dataset(ref, view, study_uid=study_uid, instance_number=number,
+                          patient=patient)
+        # OHIF 3.13 turns VOI LUT Function "LINEAR" into "L" and stops rendering the image
+        # (cornerstone3D #2844, OHIF #6239); the node never sends images. See docs/ohif.md.
         del ds.VOILUTFunction
-        sources.append(ds)
-        analyses.append(_truth_analysis(ds, STUDY[(laterality, view)]))
-    segs = [s for s in (build_seg(d, a) for d, a in zip(sources, analyses, strict=True)) if s]
-    assert len(segs) == 2  # the two images with a mass
-    sr = build_measurement_report(sources, analyses, segs)
-    files = []
-    for n, obj in enumerate([*sources, *segs, sr]):
-        path = tmp_path / f"{n}.dcm"
-        obj.save_as(path, enforce_file_format=True)
+        path = folder / f"{laterality}{view}.dcm"
+        ds.save_as(path, enforce_file_format=True)
         files.append(path)
+        refs[str(ds.SOPInstanceUID)] = ref
+    to_pacs = storescu(pacs.dicom_port, pacs.aet, files)
+    assert to_pacs.stderr.count("(Success)") == 4, to_pacs.stderr
+    to_node = storescu(node_port, AET, files)
+    assert to_node.stderr.count("(Success)") == 4, to_node.stderr
 
-    pacs = Orthanc(tmp_path / "orthanc").start()
-    viewer = ohif.OhifServer(pacs.url, free_port()).start()
+    def done() -> bool:
+        with db.session() as session:
+            state = session.scalar(sa.select(Job.state).join(Study)
+                                   .where(Study.study_uid == study_uid))
+        return state == JobState.DONE
+
+    wait_for(done, 300, interval=1.0, what="the node's job to be done (results delivered)")
+    return refs
+
+
+def _viewport_state(page: Any) -> dict[str, Any]:
+    return dict(page.evaluate("""() => {
+        const engine = window.cornerstone.getRenderingEngines()[0];
+        const viewports = engine ? engine.getViewports() : [];
+        const segs = window.services.segmentationService.getSegmentations();
+        return {
+          viewports: viewports.map(v => ({id: v.id, imageId: v.getCurrentImageId()})),
+          segmentations: segs.map(s => ({id: s.segmentationId, label: s.label,
+            segments: Object.values(s.segments).filter(g => g).map(g => g.label)})),
+        };
+    }"""))
+
+
+def _on_screen(page: Any, lesion: Lesion) -> OnScreen:
+    found = page.evaluate("""([x, row, radius]) => {
+        const engine = window.cornerstone.getRenderingEngines()[0];
+        const vp = engine.getViewports()[0];
+        const {imageData} = vp.getImageData();
+        const box = vp.element.getBoundingClientRect();
+        const centre = vp.worldToCanvas(imageData.indexToWorld([x, row, 0]));
+        const edge = vp.worldToCanvas(imageData.indexToWorld([x + radius, row, 0]));
+        return {id: vp.id, imageId: vp.getCurrentImageId(), x: box.left + centre[0],
+                y: box.top + centre[1], r: Math.hypot(edge[0] - centre[0], edge[1] - centre[1])};
+    }""", [lesion.x, lesion.row, lesion.radius])
+    sop = re.search(r"/instances/([0-9.]+)/", found["imageId"])
+    assert sop, found["imageId"]
+    return OnScreen(found["id"], sop.group(1), found["x"], found["y"], found["r"])
+
+
+def _with_segmentations(page: Any, count: int) -> dict[str, Any] | None:
+    state = _viewport_state(page)
+    return state if len(state["segmentations"]) == count else None
+
+
+def _region(page: Any, where: OnScreen) -> np.ndarray:
+    """RGB page pixels of the square of half-side ``SCALE`` radii around the circle."""
+    half = SCALE * where.radius
+    png = page.screenshot(clip={"x": where.x - half, "y": where.y - half,
+                                "width": 2 * half, "height": 2 * half})
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def _disk(shape: tuple[int, ...], inner: float, outer: float) -> np.ndarray:
+    """Pixels of a ``_region`` square between ``inner`` and ``outer`` radii of the circle."""
+    rows, cols = shape[:2]
+    yy, xx = np.mgrid[:rows, :cols]
+    radius_px = rows / (2 * SCALE)
+    d = np.hypot(xx - cols / 2, yy - rows / 2) / radius_px
+    return np.asarray((d >= inner) & (d < outer))
+
+
+def _reddish(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray((rgb[..., 0] - rgb[..., 1] > 40) & (rgb[..., 0] - rgb[..., 2] > 40))
+
+
+def _red_region(page: Any, where: OnScreen, fraction: float, above: bool) -> np.ndarray | None:
+    """The region around the circle when the share of red pixels inside 0.7 radii is above
+    (or below) ``fraction``, else None."""
+    rgb = _region(page, where)
+    red = float(_reddish(rgb)[_disk(rgb.shape, 0.0, 0.7)].mean())
+    return rgb if (red > fraction if above else red < fraction) else None
+
+
+def _poll(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Call ``check`` until it returns something other than None or False; return that."""
+    def boxed() -> list[Any] | None:
+        value = check()
+        return None if value is None or value is False else [value]
+    return wait_for(boxed, timeout, interval=0.5, what=what)[0]
+
+
+def _dismiss_banners(page: Any) -> None:
+    for label in ("Confirm and hide", "Skip all"):
+        button = page.get_by_text(label, exact=True)
+        if button.count():
+            button.first.click()
+
+
+def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc",
+                   modalities={"mammo": (AET, "127.0.0.1", node_port)}).start()
+    config = write_config(tmp_path / "node.toml", {
+        "port": node_port, "bind_address": "127.0.0.1", "data_dir": str(tmp_path / "data"),
+        "quiet_period_s": 60.0, "poll_interval_s": 0.2, "min_free_mb": 1,
+        "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                          "port": pacs.dicom_port}],
+    })
+    node = NodeProcess("serve", config, tmp_path / "serve.log").start()
+    study_uid, normal_uid = generate_uid(), generate_uid()
+    console: list[str] = []
+    outside: list[str] = []
     try:
-        stored = storescu(pacs.dicom_port, pacs.aet, files, "-R")
-        assert stored.stderr.count("(Success)") == len(files), stored.stderr
-        shot = tmp_path / "ohif.png"
-        url = (f"http://127.0.0.1:{viewer.port}/viewer?StudyInstanceUIDs={study_uid}"
-               f"&initialSeriesInstanceUID={segs[0].SeriesInstanceUID}")
-        dom, console = ohif.chromium(url, shot)
-    finally:
-        viewer.stop()
-        pacs.stop()
+        node.wait_listening(node_port, AET, timeout=180)
+        db = Database(f"sqlite:///{tmp_path / 'data' / 'mammo-scp.db'}")
+        refs = _send_study_through_the_node(tmp_path / "study", pacs, node_port, study_uid,
+                                            STUDY, db)
+        # Another woman: OHIF lists (and expands) all studies of the patient it opens.
+        _send_study_through_the_node(tmp_path / "normal", pacs, node_port, normal_uid, NORMAL,
+                                     db, Patient("TEST^NORMAL", "PID-0002"))
+        db.dispose()
+        node.stop()
+        assert _modalities(pacs, study_uid) == {"MG", "SEG", "SR"}
+        assert _modalities(pacs, normal_uid) == {"MG"}  # nothing sent for it
+        viewer = ohif.OhifServer(pacs.url, free_port()).start()
+        print(ohif.chromium_version())
+        try:
+            with sync_playwright() as playwright:
+                context = playwright.chromium.launch_persistent_context(
+                    str(tmp_path / "chromium-profile"), executable_path=ohif.CHROMIUM,
+                    headless=True, args=list(ohif.CHROMIUM_ARGS),
+                    viewport={"width": 1600, "height": 1000})
+                context.set_default_timeout(TIMEOUT_MS)
 
-    text = re.sub(r"<[^>]+>", " ", dom)
-    assert "AI mass segmentation" in text and "AI mass measurements" in text
-    assert "SEG parse complete" in console, console[-3000:]
-    assert "failed to load" not in console and "Error loading displaySet" not in console
-    # The overlay: the SEG's recommended display colour (red) fills part of the image.
-    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
-    assert red.sum() > 500, "no SEG overlay drawn"
-    if os.environ.get("MAMMO_DOCS_SCREENSHOT_OHIF"):
-        shutil.copy(shot, os.environ["MAMMO_DOCS_SCREENSHOT_OHIF"])
+                def loopback_only(route: Any) -> None:
+                    if route.request.url.startswith(f"http://127.0.0.1:{viewer.port}/"):
+                        route.continue_()
+                    else:
+                        outside.append(route.request.url)
+                        route.abort()
+
+                context.route("**/*", loopback_only)
+                page = context.new_page()
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                try:
+                    errors = _check_viewer(page, viewer.port, study_uid, refs, tmp_path)
+                    _check_study_without_findings(page, viewer.port, normal_uid, errors)
+                except BaseException:
+                    page.screenshot(path=str(tmp_path / "failure.png"))
+                    print("screenshot of the failure:", tmp_path / "failure.png")
+                    raise
+                finally:
+                    context.close()
+        finally:
+            viewer.stop()
+    finally:
+        node.stop()
+        print(node.output()[-3000:])
+        pacs.stop()
+        print("\n".join(console)[-6000:])
+        print("requests kept from leaving the machine:", outside)
+
+
+def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
+                  tmp_path: Path) -> list[str]:
+    """Checks 2 to 5 on the study with masses; returns the list that collects fatal console
+    lines from now on."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if (
+        m.type == "error" or "Error Boundary" in m.text) and FATAL.search(m.text) else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
+
+    # 1. is done: the study went through the node.
+    # 2. The study's series list: the four images, a SEG per image with a mass, the SR.
+    page.get_by_text("AI mass measurements", exact=True).wait_for()
+    seg_entries = page.get_by_text("AI mass segmentation", exact=True)
+    _poll(lambda: seg_entries.count() == len(WITH_MASS), "both SEG series in the study list")
+    _poll(lambda: page.get_by_text("MG", exact=True).count() == 4, "the four MG thumbnails")
+    _dismiss_banners(page)
+
+    # 3. Each SEG: a segmentation "Mass" over the truth circle of its image.
+    shown: set[str] = set()
+    for number in range(len(WITH_MASS)):
+        seg_entries.nth(number).dblclick()
+        page.get_by_text("Do you want to open this Segmentation?").wait_for()
+        page.get_by_role("button", name="Yes").click()
+        state = _poll(partial(_with_segmentations, page, number + 1),
+                      "OHIF to load the SEG", timeout=120)
+        assert all(s["segments"] == ["Mass"] for s in state["segmentations"]), state
+        _open_panel(page, "panelSegmentation-btn", page.get_by_text("Mass", exact=True))
+        page.wait_for_load_state("networkidle")
+
+        ref = refs[_sop_of(page)]
+        assert ref in WITH_MASS and ref not in shown, f"SEG {number} opened on {ref}"
+        shown.add(ref)
+        probe = _on_screen(page, mias_masses(ref)[0])
+        with_overlay = _poll(partial(_red_region, page, probe, 0.5, True),
+                             f"the red Mass overlay on {ref}")
+        segmentation_id = state["segmentations"][-1]["id"]
+        _set_visible(page, probe.viewport_id, segmentation_id, False)
+        without = _poll(partial(_red_region, page, probe, 0.05, False),
+                        f"the overlay on {ref} to hide")
+        inside = _disk(with_overlay.shape, 0.0, 0.7)
+        far = _disk(with_overlay.shape, 2.2, 3.0)
+        changed = np.abs(with_overlay - without).sum(axis=-1) > 30
+        assert changed[inside].mean() > 0.8, f"{ref}: overlay not over the mass"
+        assert changed[far].mean() < 0.1, f"{ref}: overlay spills far beyond the mass"
+        _set_visible(page, probe.viewport_id, segmentation_id, True)
+        _poll(partial(_red_region, page, probe, 0.5, True),
+              f"the overlay on {ref} to show again")
+        if ref == "mdb012":
+            shot = tmp_path / "ohif-seg.png"
+            page.screenshot(path=str(shot))
+            if os.environ.get("MAMMO_DOCS_SCREENSHOT_OHIF"):
+                _save_small(shot, Path(os.environ["MAMMO_DOCS_SCREENSHOT_OHIF"]))
+    assert shown == set(WITH_MASS)
+
+    # 4. The SR: its findings drawn with their probabilities, no parsing errors.
+    page.get_by_text("AI mass measurements", exact=True).dblclick()
+    prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
+    _poll(lambda: bool(prompt.count() or errors), "OHIF to load the SR", timeout=120)
+    assert not errors, f"OHIF could not load the SR (docs/ohif.md, known limitations): {errors}"
+    page.get_by_role("button", name="Yes").click()
+    label = page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first
+    for attempt in range(3):
+        # OHIF 3.13 sometimes shows the SR's image without drawing its findings (about one
+        # run in two here, with no message in the console); opening the SR again draws them.
+        try:
+            label.wait_for(timeout=45_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            print("the SR's findings were not drawn; opening the SR again")
+            page.get_by_text("AI mass measurements", exact=True).dblclick()
+    page.get_by_text(re.compile(r"Certainty of Finding: \d+\.\d\d %")).first.wait_for()
+    page.wait_for_load_state("networkidle")
+    assert not errors, errors
+    assert page.get_by_text("Something went wrong").count() == 0
+    return errors
+
+
+def _modalities(pacs: Orthanc, study_uid: str) -> set[str]:
+    """The modalities of the study's series in the PACS."""
+    found = pacs.post("/tools/find", {"Level": "Series", "Expand": True,
+                                      "Query": {"StudyInstanceUID": study_uid}})
+    return {series["MainDicomTags"]["Modality"] for series in found}
+
+
+def _check_study_without_findings(page: Any, port: int, study_uid: str,
+                                  errors: list[str]) -> None:
+    """The normal study: its four images and no result of ours, shown without an error."""
+    page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
+    # Four thumbnails and the study's header ("MG", 4 series).
+    _poll(lambda: page.get_by_text("MG", exact=True).count() == 5, "the four MG thumbnails")
+    page.wait_for_load_state("networkidle")
+    assert page.get_by_text("AI mass segmentation", exact=True).count() == 0
+    assert page.get_by_text("AI mass measurements", exact=True).count() == 0
+    assert not errors, errors
+    assert page.get_by_text("Something went wrong").count() == 0
+
+
+def _open_panel(page: Any, button: str, shown: Any) -> None:
+    """Open the right-hand panel behind ``button`` unless ``shown`` is already visible."""
+    if not (shown.count() and shown.first.is_visible()):
+        page.locator(f'[data-cy="{button}"]').click()
+    shown.first.wait_for()
+
+
+def _sop_of(page: Any) -> str:
+    image_id = _viewport_state(page)["viewports"][0]["imageId"]
+    found = re.search(r"/instances/([0-9.]+)/", image_id)
+    assert found, image_id
+    return found.group(1)
+
+
+def _set_visible(page: Any, viewport_id: str, segmentation_id: str, visible: bool) -> None:
+    page.evaluate("""([viewportId, segmentationId, visible]) =>
+        window.services.segmentationService.setSegmentVisibility(
+            viewportId, segmentationId, 1, visible)""", [viewport_id, segmentation_id, visible])
+
+
+def _save_small(shot: Path, target: Path) -> None:
+    """A downscaled copy (the README's picture stays small)."""
+    image = Image.open(shot).convert("RGB")
+    image.thumbnail((1000, 1000))
+    image.save(target, optimize=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from tests.support.mg import Patient, make_mg
 
@@ -57,3 +58,22 @@ def mias_dataset(ref: str, view: str, *, study_uid: str, patient: Patient = DEFA
     return make_mg(mias_laterality(ref), view, study_uid=study_uid, patient=patient,
                    pixels=data.astype(np.uint8), spacing_mm=MIAS_SPACING_MM, bits_stored=8,
                    instance_number=instance_number)
+
+
+#: Four views in which the shipped models find the masses of the left breast (mdb010 and
+#: mdb012) and nothing on the right: a study that gets SEGs and a Measurement Report.
+MASS_STUDY = {("R", "CC"): "mdb009", ("L", "CC"): "mdb010", ("R", "MLO"): "mdb011",
+              ("L", "MLO"): "mdb012"}
+
+
+def mias_mass_study(directory: Path) -> tuple[str, list[Path]]:
+    """Write :data:`MASS_STUDY` as a new study into ``directory``; return UID and files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    study_uid = str(generate_uid())
+    paths = []
+    for number, ((laterality, view), ref) in enumerate(MASS_STUDY.items(), start=1):
+        path = directory / f"{laterality}{view}.dcm"
+        mias_dataset(ref, view, study_uid=study_uid, instance_number=number).save_as(
+            path, enforce_file_format=True)
+        paths.append(path)
+    return study_uid, paths

@@ -133,15 +133,17 @@ def test_uids_are_deterministic_and_follow_the_model_version() -> None:
     assert all(uid.startswith("2.25.") and len(uid) <= 64 for uid in uids(first))
 
 
-def test_seg_of_every_image_of_a_study_shares_one_series() -> None:
+def test_seg_of_each_image_has_a_series_of_its_own() -> None:
+    # OHIF 3.13 shows one SEG per series (the last instance): shared series hide SEGs.
     study = generate_uid()
     segs = []
     for number, laterality in enumerate(("R", "L"), start=1):
         source = blank_mg(laterality, "CC", study, *MIAS_SIZE, number)
         segs.append(build_seg(source, analysis_for(source, (Finding(MASS_BOX, 0.9, 0.6),))))
     assert segs[0] is not None and segs[1] is not None
-    assert segs[0].SeriesInstanceUID == segs[1].SeriesInstanceUID
+    assert segs[0].SeriesInstanceUID != segs[1].SeriesInstanceUID
     assert segs[0].SOPInstanceUID != segs[1].SOPInstanceUID
+    assert segs[0].SeriesDescription == segs[1].SeriesDescription == SERIES_DESCRIPTION
 
 
 def test_no_mass_means_no_seg() -> None:
