@@ -84,7 +84,9 @@ def stage_breakdown(db: Database) -> dict[str, float]:
             for event in events:
                 if event.stage:
                     steps.setdefault(event.stage, []).append(event.duration_ms or 0.0)
-            finished = next(e.at for e in events if e.to_state == JobState.DELIVERING)
+            finished = next((e.at for e in events if e.to_state == JobState.DELIVERING), None)
+            if finished is None:  # no findings: nothing was sent
+                continue
             delivered = max(d.delivered_at for d in job.deliveries if d.delivered_at)
             steps.setdefault("delivery", []).append((delivered - finished).total_seconds() * 1000)
     return {k: statistics.median(v) for k, v in steps.items()}
@@ -159,8 +161,10 @@ def main() -> int:
                         if job is None or job.state not in (JobState.DONE,
                                                             JobState.DEAD_LETTER):
                             return None
-                        return session.scalar(sa.select(sa.func.max(Delivery.delivered_at))
-                                              .where(Delivery.job_id == job.id))
+                        # A study without findings has nothing to deliver: its job's end.
+                        delivered = session.scalar(sa.select(sa.func.max(Delivery.delivered_at))
+                                                   .where(Delivery.job_id == job.id))
+                        return delivered or job.updated_at
                 last = wait_for(finished, 300, interval=0.02, what="the study's results")
                 latencies.append((last - acknowledged).total_seconds() * 1000)
             breakdown = stage_breakdown(db)
