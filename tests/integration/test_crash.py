@@ -143,11 +143,20 @@ def test_kill_during_a_large_cstore(site: Site, tmp_path: Path, repeat: int) -> 
     print(f"large C-STORE kill #{repeat}: {acknowledged} acknowledged, {len(rows)} stored")
 
 
-def _running_worker_pid(site: Site) -> int:
-    """The pid of the process running the job (from its worker id, host:pid:thread)."""
+def _job_running_in_a_worker(site: Site, tmp_path: Path) -> tuple[NodeProcess, int]:
+    """Start serve, send it a study with masses and wait until its job runs; return serve
+    and the pid of the process running the job (from its worker id, host:pid:thread)."""
+    site.pacs.start()
+    node = site.start()
+    _, files = mias_mass_study(tmp_path / "study")
+    assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
+    wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
+             interval=0.01, what="the job to run")
     running = [j for j in site.jobs() if j.state == JobState.RUNNING and j.worker]
     assert running, "no running job"
-    return int(running[0].worker.split(":")[1])  # type: ignore[union-attr]
+    worker = int(running[0].worker.split(":")[1])  # type: ignore[union-attr]
+    assert node.proc is not None and worker != node.proc.pid  # the models run in a child
+    return node, worker
 
 
 def _process_gone(pid: int) -> bool:
@@ -160,14 +169,7 @@ def _process_gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("repeat", range(REPEATS))
 def test_kill_during_processing(site: Site, tmp_path: Path, repeat: int) -> None:
-    site.pacs.start()
-    node = site.start()
-    _, files = mias_mass_study(tmp_path / "study")
-    assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
-    wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
-             interval=0.01, what="the job to run")
-    worker = _running_worker_pid(site)
-    assert node.proc is not None and worker != node.proc.pid  # the models run in a child
+    node, worker = _job_running_in_a_worker(site, tmp_path)
     node.kill()
     wait_for(lambda: _process_gone(worker), 10, what="the worker process to die with serve")
     site.start()
@@ -201,13 +203,7 @@ def test_kill_during_delivery(site: Site, tmp_path: Path, repeat: int) -> None:
 def test_a_killed_worker_process_is_restarted(site: Site, tmp_path: Path) -> None:
     """`kill -9` of serve's worker child alone: the SCP keeps answering, serve starts a
     new child, and the interrupted job is run again and delivered."""
-    site.pacs.start()
-    node = site.start()
-    _, files = mias_mass_study(tmp_path / "study")
-    assert storescu(site.port, AET, files).stderr.count("(Success)") == 4
-    wait_for(lambda: any(j.state == JobState.RUNNING for j in site.jobs()), 60,
-             interval=0.01, what="the job to run")
-    worker = _running_worker_pid(site)
+    node, worker = _job_running_in_a_worker(site, tmp_path)
     os.kill(worker, signal.SIGKILL)
     assert echo_ok(site.port, AET, timeout=5.0), "the SCP stopped answering"
     wait_for(lambda: _all_done(site), 180, what="the job to be done by the new worker process")

@@ -320,6 +320,13 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
     prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
     _poll(lambda: bool(prompt.count() or errors), "OHIF to load the SR", timeout=120)
     assert not errors, f"OHIF could not load the SR (docs/ohif.md, known limitations): {errors}"
+    # Answer only once the SR viewport has its image: answered earlier, OHIF sometimes takes
+    # the findings for previews and never draws them.
+    page.wait_for_load_state("networkidle")
+    _poll(lambda: page.evaluate("""() => window.services.displaySetService
+        .getActiveDisplaySets().some(d => d.Modality === 'SR' && d.isLoaded)"""),
+          "OHIF to load the SR", timeout=120)
+    page.wait_for_timeout(3000)
     page.get_by_role("button", name="Yes").click()
     label = page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first
     for attempt in range(3):
