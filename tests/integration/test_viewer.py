@@ -262,8 +262,6 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
                   tmp_path: Path) -> list[str]:
     """Checks 2 to 5 on the study with masses; returns the list that collects fatal console
     lines from now on."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if (
         m.type == "error" or "Error Boundary" in m.text) and FATAL.search(m.text) else None)
@@ -328,18 +326,7 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
           "OHIF to load the SR", timeout=120)
     page.wait_for_timeout(3000)
     page.get_by_role("button", name="Yes").click()
-    label = page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first
-    for attempt in range(3):
-        # OHIF 3.13 sometimes shows the SR's image without drawing its findings (about one
-        # run in two here, with no message in the console); opening the SR again draws them.
-        try:
-            label.wait_for(timeout=45_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-            print("the SR's findings were not drawn; opening the SR again")
-            page.get_by_text("AI mass measurements", exact=True).dblclick()
+    page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first.wait_for()
     page.get_by_text(re.compile(r"Certainty of Finding: \d+\.\d\d %")).first.wait_for()
     page.wait_for_load_state("networkidle")
     assert not errors, errors
