@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from mammo_scp import __version__
 from mammo_scp.config import ConfigError, Settings, load_settings, render_settings
 from mammo_scp.db import Database, upgrade
-from mammo_scp.dicom import SopClass, make_ae
+from mammo_scp.dicom import NO_DELAY, SopClass, make_ae
 from mammo_scp.jobs.models import Job, Study
 from mammo_scp.jobs.service import TransitionError, retry_job
 from mammo_scp.jobs.states import JobState
@@ -186,7 +186,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     ae = make_ae(settings.ae_title)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = args.timeout
     ae.add_requested_context(SopClass.VERIFICATION.value)
-    assoc = ae.associate(args.host, args.port, ae_title=args.aet)
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet, evt_handlers=[NO_DELAY])
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         print(f"C-ECHO {args.aet}@{args.host}:{args.port}: association failed ({why})")

@@ -23,8 +23,8 @@ from mammo_scp.dicom import SopClass
 from tests.support.dciodvfy import run_dciodvfy
 from tests.support.mg import FOUR_VIEWS
 from tests.support.mias import mias_dataset
-from tests.support.orthanc import Orthanc
-from tests.support.peers import NodeProcess, free_port, storescu, wait_for, write_config
+from tests.support.orthanc import Orthanc, node_config
+from tests.support.peers import NodeProcess, free_port, storescu, wait_for
 
 AET = "MAMMO_SCP"
 # Two women of mini-MIAS (right = odd, left = even); 010 and 012 carry a benign mass.
@@ -46,13 +46,8 @@ def test_study_goes_through_the_node_into_orthanc(tmp_path: Path) -> None:
     node_port = free_port()
     pacs = Orthanc(tmp_path / "orthanc",
                    modalities={"mammo": (AET, "127.0.0.1", node_port)}).start()
-    config = write_config(tmp_path / "node.toml", {
-        "port": node_port, "bind_address": "127.0.0.1", "data_dir": str(tmp_path / "data"),
-        "quiet_period_s": 60.0, "poll_interval_s": 0.2, "min_free_mb": 1,
-        "http_bind_address": "127.0.0.1", "http_port": (http_port := free_port()),
-        "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                          "port": pacs.dicom_port}],
-    })
+    http_port = free_port()
+    config = node_config(pacs, tmp_path, node_port, http_port=http_port)
     node = NodeProcess("serve", config, tmp_path / "serve.log").start()
     try:
         node.wait_listening(node_port, AET, timeout=180)

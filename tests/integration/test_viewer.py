@@ -47,8 +47,8 @@ from tests.support.mias import (
     mias_dataset,
     mias_masses,
 )
-from tests.support.orthanc import Orthanc
-from tests.support.peers import NodeProcess, free_port, storescu, wait_for, write_config
+from tests.support.orthanc import Orthanc, node_config
+from tests.support.peers import NodeProcess, free_port, storescu, wait_for
 
 AET = "MAMMO_SCP"
 STUDY = MASS_STUDY
@@ -196,12 +196,7 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
     node_port = free_port()
     pacs = Orthanc(tmp_path / "orthanc",
                    modalities={"mammo": (AET, "127.0.0.1", node_port)}).start()
-    config = write_config(tmp_path / "node.toml", {
-        "port": node_port, "bind_address": "127.0.0.1", "data_dir": str(tmp_path / "data"),
-        "quiet_period_s": 60.0, "poll_interval_s": 0.2, "min_free_mb": 1,
-        "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                          "port": pacs.dicom_port}],
-    })
+    config = node_config(pacs, tmp_path, node_port)
     node = NodeProcess("serve", config, tmp_path / "serve.log").start()
     study_uid, normal_uid = generate_uid(), generate_uid()
     console: list[str] = []

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.peers import echo_ok, free_port, wait_for
+from tests.support.peers import echo_ok, free_port, wait_for, write_config
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -95,3 +95,14 @@ class Orthanc:
             self.proc.wait(30)
         if self.proc:
             self._log.close()
+
+
+def node_config(pacs: Orthanc, tmp_path: Path, node_port: int, **extra: Any) -> Path:
+    """Write the config of a node on loopback ``node_port`` (data under ``tmp_path``) that
+    sends its results to ``pacs``; the four views, not the quiet period, complete a study."""
+    return write_config(tmp_path / "node.toml", {
+        "port": node_port, "bind_address": "127.0.0.1", "data_dir": str(tmp_path / "data"),
+        "quiet_period_s": 60.0, "poll_interval_s": 0.2, "min_free_mb": 1,
+        "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                          "port": pacs.dicom_port}],
+    } | extra)
