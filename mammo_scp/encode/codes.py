@@ -46,6 +46,8 @@ PROCESSING_EQUIPMENT = _dcm("109102", "Processing Equipment")  # CID 7005 purpos
 # --- Measurements --------------------------------------------------------------
 PROBABILITY_OF_CANCER = _dcm("111047", "Probability of cancer")
 CERTAINTY_OF_FINDING = _dcm("111012", "Certainty of Finding")
+#: A finding's one-line summary (TID 1501 row 12, a qualitative evaluation as text).
+COMMENT = _dcm("121106", "Comment")
 
 # --- Units ---------------------------------------------------------------------
 NO_UNITS = _ucum("1", "no units")

@@ -4,18 +4,31 @@ Content, under the root "Imaging Measurement Report" (which OHIF reads):
 
 * Image Library: every processed image, with laterality and view (highdicom's
   TID 1603 projection radiography descriptors).
-* Per finding, a TID 1410 measurement group: tracking identifier "Mass <n>
-  <RCC|LMLO...>" and a tracking UID, finding category "Morphologically abnormal
-  structure", finding "Mass", finding site Breast with laterality, the detector
-  as algorithm, the image region as a closed POLYLINE of the detection box, and
-  two measurements: Probability of cancer (DCM 111047, the detector's
-  ``p_malignant``) and Certainty of Finding (DCM 111012, the detector's
-  ``score``), both in percent (UCUM "%", as the Mammography CAD SR requires).
-* When a SEG was sent for that image and its mask overlaps the box, a second
-  TID 1410 group with the *same* tracking identifier and UID references the
-  SEG's segment 1 ("Mass", frame 1). TID 1410 allows one region per group
-  (an image region *or* a segment), so the two representations of one finding
-  are linked by the tracking UID; OHIF merges groups with equal tracking UIDs.
+* Per finding, two TID 1410 measurement groups with the same tracking
+  identifier "Mass <n> <RCC|LMLO...>" and tracking UID, both with finding
+  category "Morphologically abnormal structure", finding "Mass", finding site
+  Breast with laterality, the detector as algorithm and the image region, a
+  closed POLYLINE of the detection box:
+
+  - the first says the finding in one line as a text qualitative evaluation,
+    Comment (DCM 121106) ("Mass 1 LCC: probability of cancer 19%, certainty
+    82%"), and holds no measurement;
+  - the second holds the two measurements: Probability of cancer (DCM 111047,
+    the detector's ``p_malignant``) and Certainty of Finding (DCM 111012, the
+    detector's ``score``), both in percent (UCUM "%", as the Mammography CAD SR
+    requires).
+
+  OHIF (3.13) draws a finding from the groups of its tracking UID together (the
+  box with the probabilities), and when the radiologist tracks the report it
+  makes a measurement of each group whose place it can find: that of a group's
+  first measurement (INFERRED FROM coordinates, which TID 1410 does not have), or
+  the group's own region when it has no measurement. The first group is that
+  one, so each finding becomes a row of OHIF's Measurements panel, labelled
+  with its Comment; the second is skipped (a console warning).
+* When a SEG was sent for that image and its mask overlaps the box, a third
+  TID 1410 group with the same tracking identifier and UID references the SEG's
+  segment 1 ("Mass", frame 1) instead of a region (TID 1410 allows one or the
+  other).
 * Nothing else: OHIF (3.13) cannot open a report holding a measurement group
   without an image region (a per-breast or exam score), nor one without any
   finding, so a study without findings gets no report (:func:`has_findings`).
@@ -86,6 +99,12 @@ def _percent(measurement: hd.sr.CodedConcept, fraction: float,
                              unit=codes.PERCENT, algorithm_id=algorithm)
 
 
+def finding_label(number: int, image: str, finding: Finding) -> str:
+    """The finding's one-line summary: what OHIF shows as its measurement's label."""
+    return (f"Mass {number} {image}: probability of cancer {100 * finding.p_malignant:.0f}%, "
+            f"certainty {100 * finding.score:.0f}%")
+
+
 def _seg_by_source(segs: Sequence[Dataset], source_uids: set[str]) -> dict[str, Dataset]:
     """Map source SOP Instance UID -> its SEG, checking that each SEG is ours to reference."""
     by_source: dict[str, Dataset] = {}
@@ -122,28 +141,43 @@ def _finding_groups(
     )
     sites = [hd.sr.FindingSite(anatomic_location=codes.BREAST, laterality=laterality.code)]
     detector = _algorithm(analysis.detector)
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=box_polyline(finding.box, int(source.Rows), int(source.Columns)),
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
-        ),
-    )
-    groups = [
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_region=region,
-            finding_type=codes.MASS,
-            finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-            algorithm_id=detector,
-            finding_sites=sites,
-            measurements=[
-                _percent(codes.PROBABILITY_OF_CANCER, finding.p_malignant, detector),
-                _percent(codes.CERTAINTY_OF_FINDING, finding.score, detector),
-            ],
+    def region() -> hd.sr.ImageRegion:
+        return hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_polyline(finding.box, int(source.Rows), int(source.Columns)),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            ),
         )
-    ]
+
+    # Where and what, said in one line (a text qualitative evaluation named Comment, DCM
+    # 121106), without measurements: the group OHIF tracks (see the module's docstring).
+    where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=region(),
+        finding_type=codes.MASS,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=detector,
+        finding_sites=sites,
+    )
+    where[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=codes.COMMENT, value=finding_label(number, image_label(source), finding),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    ))
+    measured = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=region(),
+        finding_type=codes.MASS,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=detector,
+        finding_sites=sites,
+        measurements=[
+            _percent(codes.PROBABILITY_OF_CANCER, finding.p_malignant, detector),
+            _percent(codes.CERTAINTY_OF_FINDING, finding.score, detector),
+        ],
+    )
+    groups = [where, measured]
     if seg is not None and box_overlaps_mask(finding.box, analysis.mask):
         segment = hd.sr.ReferencedSegmentationFrame(
             sop_class_uid=seg.SOPClassUID,

@@ -8,7 +8,8 @@ its data source) runs in the Debian chromium driven by Playwright, and must:
 * list the four images, the SEGs and the SR of the study;
 * load each SEG as a segmentation with the segment "Mass", drawn over the truth circle of
   that image's mass (screen pixels change there when the segment is shown, not elsewhere);
-* load the SR and draw its findings with their probabilities;
+* load the SR, draw its findings and track them: each finding is a measurement in OHIF's
+  Measurements panel, labelled with its probability of cancer;
 * open a second study, one without findings, for which the node sends nothing (OHIF 3.13.2
   cannot open a Measurement Report without findings: docs/ohif.md), without an error;
 * log no error about SEG, SR, segmentation, measurement or VOI parsing.
@@ -33,9 +34,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from PIL import Image
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from mammo_scp.db import Database
+from mammo_scp.encode import codes
 from mammo_scp.jobs.models import Job, Study
 from mammo_scp.jobs.states import JobState
 from tests.support import ohif
@@ -213,6 +216,8 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
         node.stop()
         assert _modalities(pacs, study_uid) == {"MG", "SEG", "SR"}
         assert _modalities(pacs, normal_uid) == {"MG"}  # nothing sent for it
+        labels = _finding_labels(pacs, study_uid)
+        assert labels, "the SR holds no finding"
         viewer = ohif.OhifServer(pacs.url, free_port()).start()
         print(ohif.chromium_version())
         try:
@@ -235,7 +240,8 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 try:
-                    errors = _check_viewer(page, viewer.port, study_uid, refs, tmp_path)
+                    errors = _check_viewer(page, viewer.port, study_uid, refs, labels,
+                                           tmp_path)
                     _check_study_without_findings(page, viewer.port, normal_uid, errors)
                 except BaseException:
                     page.screenshot(path=str(tmp_path / "failure.png"))
@@ -254,7 +260,7 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
 
 
 def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
-                  tmp_path: Path) -> list[str]:
+                  labels: list[str], tmp_path: Path) -> list[str]:
     """Checks 2 to 5 on the study with masses; returns the list that collects fatal console
     lines from now on."""
     errors: list[str] = []
@@ -308,7 +314,7 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
                 _save_small(shot, Path(os.environ["MAMMO_DOCS_SCREENSHOT_OHIF"]))
     assert shown == set(WITH_MASS)
 
-    # 4. The SR: its findings drawn with their probabilities, no parsing errors.
+    # 4. The SR: its findings tracked (the Measurements panel), no parsing errors.
     page.get_by_text("AI mass measurements", exact=True).dblclick()
     prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
     _poll(lambda: bool(prompt.count() or errors), "OHIF to load the SR", timeout=120)
@@ -319,14 +325,52 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
     _poll(lambda: page.evaluate("""() => window.services.displaySetService
         .getActiveDisplaySets().some(d => d.Modality === 'SR' && d.isLoaded)"""),
           "OHIF to load the SR", timeout=120)
-    page.wait_for_timeout(3000)
-    page.get_by_role("button", name="Yes").click()
+    # Drawn from the report: each finding's box with its measurements.
     page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first.wait_for()
     page.get_by_text(re.compile(r"Certainty of Finding: \d+\.\d\d %")).first.wait_for()
+    page.wait_for_timeout(3000)
+    page.get_by_role("button", name="Yes").click()
+    # Each finding becomes a tracked measurement labelled with its Comment.
+    tracked = _poll(lambda: (found := _tracked_labels(page)) and sorted(found) == labels
+                    and found, "the findings to become tracked measurements", timeout=120)
+    print("tracked measurements:", tracked)
+    _open_panel(page, "trackedMeasurements-btn", page.get_by_text(labels[0], exact=True))
+    for label in labels:
+        assert page.get_by_text(label, exact=True).count() >= 1, f"{label!r} not in the panel"
+    shot = tmp_path / "ohif-sr.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("MAMMO_DOCS_SCREENSHOT_OHIF_SR"):
+        _save_small(shot, Path(os.environ["MAMMO_DOCS_SCREENSHOT_OHIF_SR"]))
     page.wait_for_load_state("networkidle")
     assert not errors, errors
     assert page.get_by_text("Something went wrong").count() == 0
     return errors
+
+
+def _tracked_labels(page: Any) -> list[str]:
+    """The labels of the measurements OHIF tracks."""
+    return list(page.evaluate("""() => window.services.measurementService
+        .getMeasurements().map(m => m.label)"""))
+
+
+def _finding_labels(pacs: Orthanc, study_uid: str) -> list[str]:
+    """The Comment (the one-line summary) of every finding in the study's SR, sorted."""
+    found = pacs.post("/tools/find", {"Level": "Instance",
+                                      "Query": {"StudyInstanceUID": study_uid,
+                                                "Modality": "SR"}})
+    assert len(found) == 1, found
+    sr = dcmread(io.BytesIO(pacs.file(found[0])))
+    labels: list[str] = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if (item.ValueType == "TEXT"
+                    and item.ConceptNameCodeSequence[0].CodeValue == codes.COMMENT.value):
+                labels.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return sorted(labels)
 
 
 def _modalities(pacs: Orthanc, study_uid: str) -> set[str]:

@@ -111,6 +111,29 @@ def test_round_trip_findings_polylines_and_scores() -> None:
         assert values["Certainty of Finding"] == pytest.approx((100 * finding.score, "%"))
 
 
+def test_each_finding_has_a_group_ohif_can_track() -> None:
+    """OHIF makes a tracked measurement of a group from its region when it holds no
+    measurement, labelled with its Comment: each finding has such a group, with the same
+    tracking UID and region as the group of its measurements."""
+    sources, analyses, segs = _study()
+    _, report = _read(build_measurement_report(sources, analyses, segs))
+    expected = {"Mass 1 RCC": RCC_MASS, "Mass 2 RCC": RCC_SPECK, "Mass 1 LMLO": LMLO_MASS}
+    for identifier, finding in expected.items():
+        with_region = [g for g in report.get_planar_roi_measurement_groups()
+                       if g.tracking_identifier == identifier and g.roi is not None]
+        tracked = [g for g in with_region if not g.get_measurements()]
+        measured = [g for g in with_region if g.get_measurements()]
+        assert len(tracked) == 1 and len(measured) == 1
+        assert tracked[0].tracking_uid == measured[0].tracking_uid
+        assert np.array_equal(tracked[0].roi.value, measured[0].roi.value)
+        comments = [item.TextValue for item in tracked[0][0].ContentSequence
+                    if item.ValueType == "TEXT"
+                    and item.ConceptNameCodeSequence[0].CodeValue == codes.COMMENT.value]
+        assert comments == [f"{identifier}: probability of cancer "
+                            f"{100 * finding.p_malignant:.0f}%, certainty "
+                            f"{100 * finding.score:.0f}%"]
+
+
 def test_findings_reference_their_seg_segment() -> None:
     sources, analyses, segs = _study()
     _, report = _read(build_measurement_report(sources, analyses, segs))
