@@ -27,6 +27,12 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--sender-nice", type=int, default=0,
+                        help="run each storescu at this niceness (default 0, like the node); "
+                             "the senders stand in for modalities, which are other machines")
+    parser.add_argument("--propose-all", action="store_true",
+                        help="senders propose storescu's ~120 storage classes on every "
+                             "association instead of only the ones they send (-R)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -42,21 +48,28 @@ def main() -> int:
         echoes = Echoes(port, "MAMMO_SCP")
         echoes.start()
         try:
-            result = run_senders(port, "MAMMO_SCP", tmp / "load", args.senders, args.seconds)
+            sending = time.monotonic()
+            result = run_senders(port, "MAMMO_SCP", tmp / "load", args.senders, args.seconds,
+                                 nice=args.sender_nice, propose_all=args.propose_all)
             started = time.monotonic()
             wait_for(lambda: all_jobs_done(db, len(result.studies)), 1800, interval=1.0,
                      what="the queue to drain")
-            drain = time.monotonic() - started
+            drained = time.monotonic()
+            drain = drained - started
         finally:
-            echoes.stop.set()
-            echoes.join()
+            echoes.finish()
             node.stop()
-    print(f"{args.senders} senders for {result.seconds:.0f} s: {len(result.studies)} studies, "
+    proposing = "all storage classes" if args.propose_all else "only MG (-R)"
+    print(f"{args.senders} senders (storescu at nice {args.sender_nice}, proposing "
+          f"{proposing}) for "
+          f"{result.seconds:.0f} s: {len(result.studies)} studies, "
           f"{result.stored} instances stored ({result.stored / result.seconds:.1f}/s), "
           f"{result.failed_stores} failed stores")
     print(f"queue drained {drain:.0f} s after the senders stopped; every study has one job, "
           f"done ({len(result.studies)} jobs)")
     print(f"{echoes.summary()} (target p99 <= 100 ms)")
+    print(f"  while the senders send: {echoes.summary((sending, started))}")
+    print(f"  while the queue drains (models only): {echoes.summary((started, drained))}")
     return 0
 
 

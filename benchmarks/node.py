@@ -169,8 +169,7 @@ def main() -> int:
                 latencies.append((last - acknowledged).total_seconds() * 1000)
             breakdown = stage_breakdown(db)
         finally:
-            echoes.stop.set()
-            echoes.join()
+            echoes.finish()
             rss = peak_rss_mib(node.proc.pid) if node.proc else {}
             node.stop()
             pacs.stop()

@@ -11,6 +11,7 @@ from pydicom import uid as pduid
 from pynetdicom import AE, evt
 
 from mammo_scp import __version__
+from mammo_scp.reactors import wake_on_work
 
 #: Identifies this implementation in association negotiation (PS3.7 D.3.3.2): a UUID-derived
 #: UID fixed for the project, and a version name that changes with each release.
@@ -20,7 +21,12 @@ IMPLEMENTATION_VERSION_NAME = f"MAMMO_SCP_{__version__}"[:16]
 
 
 def make_ae(ae_title: str) -> AE:
-    """A pynetdicom AE that names the node as its implementation."""
+    """A pynetdicom AE that names the node as its implementation.
+
+    Its associations' threads sleep until they have work instead of polling
+    (:func:`mammo_scp.reactors.wake_on_work`).
+    """
+    wake_on_work()
     ae = AE(ae_title=ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -133,6 +134,7 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
         role = f"SCP, workers in process {child.pid}"
     else:
         role = "SCP + workers" if with_scp else "workers only"
+    _freeze_startup_objects()
     logger.info("node ready (%s, database %s, spool %s)", role,
                 db.engine.url.render_as_string(hide_password=True), spool.root)
     while not stop.wait(1.0):
@@ -318,6 +320,20 @@ def _die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, settings, models) out of the garbage collector's scans.
+
+    Every few seconds of traffic, the allocations of associations trigger a full
+    collection, which walked every object imported and built at start-up: ~100 ms with
+    the GIL held, every ~4 s with C-ECHO probing alone, and each time every association
+    thread waited (p99 of C-ECHO ~100 ms on an idle node). Frozen objects are never
+    scanned nor freed; what the node allocates from now on is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.debug("%d objects kept out of garbage collection", gc.get_freeze_count())
 
 
 def _child_main(settings: Settings, parent: ParentLink) -> None:

@@ -33,8 +33,7 @@ def test_eight_concurrent_senders_lose_nothing(tmp_path: Path) -> None:
         result = run_senders(port, AET, tmp_path / "load", senders=8, seconds=SECONDS)
         wait_for(lambda: all_jobs_done(db, len(result.studies)), 600, interval=1.0,
                  what="every study's job to be done")
-        echoes.stop.set()
-        echoes.join()
+        echoes.finish()
     finally:
         node.stop()
     print(f"{len(result.studies)} studies, {result.stored} instances in {result.seconds:.0f} s; "
