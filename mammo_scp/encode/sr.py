@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -141,42 +142,37 @@ def _finding_groups(
     )
     sites = [hd.sr.FindingSite(anatomic_location=codes.BREAST, laterality=laterality.code)]
     detector = _algorithm(analysis.detector)
-    def region() -> hd.sr.ImageRegion:
-        return hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_polyline(finding.box, int(source.Rows), int(source.Columns)),
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
+
+    def with_region(**extra: Any) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+        """A group of this finding with its box as the image region."""
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(finding.box, int(source.Rows), int(source.Columns)),
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=source.SOPClassUID,
+                    referenced_sop_instance_uid=source.SOPInstanceUID,
+                ),
             ),
+            finding_type=codes.MASS,
+            finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            algorithm_id=detector,
+            finding_sites=sites,
+            **extra,
         )
 
     # Where and what, said in one line (a text qualitative evaluation named Comment, DCM
     # 121106), without measurements: the group OHIF tracks (see the module's docstring).
-    where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=region(),
-        finding_type=codes.MASS,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=detector,
-        finding_sites=sites,
-    )
+    where = with_region()
     where[0].ContentSequence.append(hd.sr.TextContentItem(
         name=codes.COMMENT, value=finding_label(number, image_label(source), finding),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
-    measured = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=region(),
-        finding_type=codes.MASS,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=detector,
-        finding_sites=sites,
-        measurements=[
-            _percent(codes.PROBABILITY_OF_CANCER, finding.p_malignant, detector),
-            _percent(codes.CERTAINTY_OF_FINDING, finding.score, detector),
-        ],
-    )
+    measured = with_region(measurements=[
+        _percent(codes.PROBABILITY_OF_CANCER, finding.p_malignant, detector),
+        _percent(codes.CERTAINTY_OF_FINDING, finding.score, detector),
+    ])
     groups = [where, measured]
     if seg is not None and box_overlaps_mask(finding.box, analysis.mask):
         segment = hd.sr.ReferencedSegmentationFrame(
