@@ -156,7 +156,6 @@ def _after(original: Callable[..., Any], then: Callable[[Any], None]) -> Callabl
         finally:
             then(self)
 
-    wrapped.__wrapped__ = original  # type: ignore[attr-defined]
     return wrapped
 
 

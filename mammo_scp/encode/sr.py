@@ -100,9 +100,10 @@ def _percent(measurement: hd.sr.CodedConcept, fraction: float,
                              unit=codes.PERCENT, algorithm_id=algorithm)
 
 
-def finding_label(number: int, image: str, finding: Finding) -> str:
-    """The finding's one-line summary: what OHIF shows as its measurement's label."""
-    return (f"Mass {number} {image}: probability of cancer {100 * finding.p_malignant:.0f}%, "
+def finding_label(identifier: str, finding: Finding) -> str:
+    """The finding's one-line summary (its tracking identifier, then its scores): what OHIF
+    shows as its measurement's label."""
+    return (f"{identifier}: probability of cancer {100 * finding.p_malignant:.0f}%, "
             f"certainty {100 * finding.score:.0f}%")
 
 
@@ -135,10 +136,11 @@ def _finding_groups(
     source: Dataset, analysis: ImageAnalysis, seg: Dataset | None, number: int, finding: Finding,
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     laterality = laterality_of(source)
+    identifier = f"Mass {number} {image_label(source)}"
     tracking = hd.sr.TrackingIdentifier(
         uid=derive_uid(ObjectKind.FINDING_TRACKING, str(source.SOPInstanceUID),
                        analysis.detector.name, analysis.detector.version, str(number)),
-        identifier=f"Mass {number} {image_label(source)}",
+        identifier=identifier,
     )
     sites = [hd.sr.FindingSite(anatomic_location=codes.BREAST, laterality=laterality.code)]
     detector = _algorithm(analysis.detector)
@@ -166,7 +168,7 @@ def _finding_groups(
     # 121106), without measurements: the group OHIF tracks (see the module's docstring).
     where = with_region()
     where[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=codes.COMMENT, value=finding_label(number, image_label(source), finding),
+        name=codes.COMMENT, value=finding_label(identifier, finding),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
     measured = with_region(measurements=[
