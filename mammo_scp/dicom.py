@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import threading
 from enum import IntEnum, StrEnum
 from typing import Any
 
 from pydicom import uid as pduid
 from pynetdicom import AE, evt
+from pynetdicom.transport import AssociationSocket
 
 from mammo_scp import __version__
 from mammo_scp.reactors import wake_on_work
@@ -27,6 +30,7 @@ def make_ae(ae_title: str) -> AE:
     (:func:`mammo_scp.reactors.wake_on_work`).
     """
     wake_on_work()
+    _ack_at_once()
     ae = AE(ae_title=ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -48,6 +52,38 @@ def _send_pdus_at_once(event: evt.Event) -> None:
 
 #: Bind to every association the node makes or accepts (``evt_handlers``).
 NO_DELAY = (evt.EVT_CONN_OPEN, _send_pdus_at_once)
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_QUICKACK_LOCK = threading.Lock()
+
+
+def _ack_at_once() -> None:
+    """Acknowledge what peers send at once, not up to 40 ms later (Linux ``TCP_QUICKACK``).
+
+    A peer that leaves Nagle's algorithm on, as dcmtk does since 3.6.2 (storescp,
+    storescu and the PACS built on it, unless run with ``NO_TCPDELAY=1``), writes a
+    PDU's header and its body separately and holds the body back until the header is
+    acknowledged, which Linux delays: each C-STORE to storescp waited ~40 ms for its
+    response (a study's three results took ~150 ms to deliver instead of ~25), and each
+    storescu waited as long between a command and its dataset. Linux leaves quick-ack
+    mode by itself, so it is set again before every read of an association's socket.
+    Installed once, for every association of the process; a no-op where the option does
+    not exist.
+    """
+    with _QUICKACK_LOCK:
+        if _QUICKACK is None or getattr(AssociationSocket.recv, "_mammo_quick_ack", False):
+            return
+        read = AssociationSocket.recv
+
+        def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+            sock = self.socket
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed, or not TCP
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            return read(self, nr_bytes)
+
+        recv._mammo_quick_ack = True  # type: ignore[attr-defined]
+        AssociationSocket.recv = recv  # type: ignore[method-assign]
 
 
 class SopClass(StrEnum):

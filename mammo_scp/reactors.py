@@ -14,6 +14,10 @@ sleeps 1 ms between looks at the DIMSE queue. With eight senders connected that 
   action (which is when DIMSE messages and ACSE primitives reach the association's queues)
   and when it ends.
 
+It also closes a race in pynetdicom's pause handshake (:class:`_Checkpoint`), which
+the quicker wake-ups made frequent: a response could be taken by the reactor as
+"unexpected" and the user's request then waited out the DIMSE timeout.
+
 Both waits are capped at :data:`MAX_WAIT_S`, so the timers pynetdicom checks in its loops
 (ARTIM, the network idle timeout) fire at most that late, and anything not woken still
 runs. The patch replaces pynetdicom's ``time`` in its ``dul`` and ``association``
@@ -131,6 +135,51 @@ def _association_idle_wait(assoc: Any) -> None:
         event.wait(MAX_WAIT_S)
 
 
+class _Checkpoint(threading.Event):
+    """The association reactor's checkpoint, passed atomically with leaving the pause.
+
+    pynetdicom pauses the reactor while a local user exchanges DIMSE messages: the user
+    clears the checkpoint, then waits for ``_is_paused``; the reactor sets ``_is_paused``,
+    waits on the checkpoint, then clears ``_is_paused`` and reads the DIMSE queue. A
+    reactor that has just been let through (``wait`` returned) but has not yet cleared
+    ``_is_paused`` looks paused, so the user goes ahead, and the reactor can then take the
+    user's response off the queue ("Received unexpected C-STORE service message"; the
+    user waits out the DIMSE timeout: ~3 C-ECHOs in 3,000 here). Here the reactor passes
+    only while holding the lock that ``clear`` takes, and clears ``_is_paused`` as it
+    passes: after ``clear`` returns, a reactor either has not passed (and will not until
+    ``set``) or already shows that it is running.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__()
+        self._assoc = assoc
+        self._gate = threading.Lock()
+
+    def clear(self) -> None:
+        with self._gate:
+            super().clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        while True:
+            if not super().wait(timeout):
+                return False
+            with self._gate:
+                if self.is_set():
+                    self._assoc._is_paused = False
+                    return True
+
+
+def _checkpointed(original: Callable[..., None]) -> Callable[..., None]:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        checkpoint = _Checkpoint(self)
+        if self._reactor_checkpoint.is_set():
+            checkpoint.set()
+        self._reactor_checkpoint = checkpoint
+
+    return init
+
+
 class _ReactorTime:
     """Stands in for ``time`` in pynetdicom's dul and association modules."""
 
@@ -218,6 +267,7 @@ def wake_on_work() -> bool:
                                    lambda fsm: _wake_association(fsm.dul))
         assoc_class: Any = _association.Association
         assoc_class.kill = _kill(assoc_class.kill)
+        assoc_class.__init__ = _checkpointed(assoc_class.__init__)
         reactor_time: Any = _ReactorTime()
         _dul.time = reactor_time  # type: ignore[attr-defined]
         _association.time = reactor_time  # type: ignore[attr-defined]
