@@ -68,8 +68,9 @@ def write_study(directory: Path, index: int) -> list[Path]:
 
 
 def stage_breakdown(db: Database) -> dict[str, float]:
-    """Median ms per step of the studies after the first (warm-up): waiting for the
-    completion rule and a worker, each pipeline stage, and delivery."""
+    """Median ms per step of the studies after the first: waiting for the completion rule
+    and a worker, each pipeline stage, writing the results (files and database), and
+    delivery."""
     steps: dict[str, list[float]] = {}
     with db.session() as session:
         jobs = session.scalars(sa.select(Job).order_by(Job.id)).all()[1:]
@@ -87,6 +88,9 @@ def stage_breakdown(db: Database) -> dict[str, float]:
             finished = next((e.at for e in events if e.to_state == JobState.DELIVERING), None)
             if finished is None:  # no findings: nothing was sent
                 continue
+            staged = max(e.at for e in events if e.stage)
+            steps.setdefault("write results", []).append(
+                (finished - staged).total_seconds() * 1000)
             delivered = max(d.delivered_at for d in job.deliveries if d.delivered_at)
             steps.setdefault("delivery", []).append((delivered - finished).total_seconds() * 1000)
     return {k: statistics.median(v) for k, v in steps.items()}

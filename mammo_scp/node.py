@@ -40,8 +40,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
-    # pynetdicom's INFO lines repeat ours; its DEBUG lines can dump datasets.
+    # pynetdicom's INFO lines repeat ours; its DEBUG lines can dump datasets. highdicom's
+    # narrate each attribute module it copies (~30 lines a study, most of a node's log).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 class StartupError(Exception):
@@ -55,29 +57,19 @@ def load_models(settings: Settings) -> Analyzer | None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from mammo_scp.models.analyzer import Analyzer
     from mammo_scp.models.store import ModelStoreError
+    from mammo_scp.warmup import warm_up
 
     try:
         analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision)
     except ModelStoreError as exc:
         raise StartupError(f"cannot load the models: {exc}") from exc
     started = time.perf_counter()
-    warm_up(analyzer)
+    warm_up(analyzer)  # the first study then runs as fast as the rest
     logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s)",
                 time.perf_counter() - started, analyzer.segmenter_info.name,
                 analyzer.segmenter_info.version, analyzer.detector_info.name,
                 analyzer.detector_info.version, settings.inference_precision)
     return analyzer
-
-
-def warm_up(analyzer: Analyzer) -> None:
-    """One inference on a synthetic breast, so the first study does not pay for tracing."""
-    import numpy as np
-
-    rows, cols = 1024, 832
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    breast = ((xx / (0.8 * cols)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2) <= 1.0
-    pixels = np.where(breast, 150, 10).astype(np.uint8)
-    analyzer.analyze_array(pixels, 0.2, laterality="R", sop_uid="warm-up")
 
 
 def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +14,10 @@ from pydicom.uid import generate_uid
 
 from mammo_scp.models.analyzer import Analyzer
 from mammo_scp.models.store import INTENDED_USE, MODEL_NAMES, ModelStoreError, load_model
+from mammo_scp.pipeline import image_problem
 from mammo_scp.preprocess import preprocess_array
 from mammo_scp.results import ImageAnalysis
+from mammo_scp.warmup import synthetic_mammogram, warm_up
 from tests.support.mg import add_mass, make_mg
 
 BACKGROUND = "mdb006.png"  # a fatty normal left breast of the training folder
@@ -89,3 +92,16 @@ def test_concurrent_calls_agree(analyzer, mass_image):
         a, b = pool.map(lambda _: analyzer.analyze_array(pixels, 0.2, "L", "x"), range(2))
     assert np.array_equal(a.mask, b.mask)
     assert [f.box for f in a.findings] == [f.box for f in b.findings]
+
+
+def test_warm_up_runs_a_study_s_steps_and_says_nothing(analyzer: Analyzer,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The start-up warm-up: its made-up image is one the pipeline would process, and
+    analysing it, encoding a SEG and a report and writing them logs nothing of ours at
+    INFO (no "built ..." lines for a study that does not exist)."""
+    assert image_problem(synthetic_mammogram()) is None
+    with caplog.at_level(logging.INFO):
+        warm_up(analyzer)
+    ours = [r for r in caplog.records if r.name.startswith("mammo_scp")]
+    assert not [r for r in ours if r.levelno >= logging.INFO], caplog.text
+    assert logging.getLogger("mammo_scp.encode").level == logging.NOTSET
