@@ -6,6 +6,7 @@ Each case runs MAMMO_CRASH_REPEATS times (default 2); the counts are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -124,9 +125,16 @@ def test_kill_during_a_large_cstore(site: Site, tmp_path: Path, repeat: int) -> 
                                str(site.port), *map(str, files)],
                               stderr=subprocess.PIPE, text=True)
     incoming = Spool(site.tmp / "data" / "spool").incoming
+
+    def arriving() -> bool:
+        for path in incoming.glob("*.dcm"):
+            with contextlib.suppress(FileNotFoundError):  # a small one just committed
+                if path.stat().st_size > 1_000_000:
+                    return True
+        return False
+
     # Kill while the 27 MB dataset is arriving: its temporary file exists and grows.
-    wait_for(lambda: any(p.stat().st_size > 1_000_000 for p in incoming.glob("*.dcm")),
-             60, interval=0.005, what="the large transfer to be under way")
+    wait_for(arriving, 60, interval=0.005, what="the large transfer to be under way")
     node.kill()
     _, log = sender.communicate(timeout=60)
     acknowledged = len(re.findall(r"Received Store Response \(Success\)", log))
