@@ -57,7 +57,7 @@ from mammo_scp.cli import build_parser  # noqa: E402
 from mammo_scp.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings  # noqa: E402
 from mammo_scp.dicom import STORAGE_SOP_CLASSES  # noqa: E402
 
-ENV_NAME = re.compile(r"\bMAMMO_SCP_[A-Z0-9_]*[A-Z0-9]")
+ENV_NAME = re.compile(r"\bMAMMO_SCP_[A-Z][A-Z0-9_]*[A-Z0-9]")  # a setting starts with a letter
 #: Names that appear in the files on purpose although they are not settings: the variables
 #: Kubernetes would inject for the Services (documented as the reason for enableServiceLinks).
 NOT_SETTINGS_ON_PURPOSE = {"MAMMO_SCP_SERVICE_HOST", "MAMMO_SCP_SERVICE_PORT"}
