@@ -160,8 +160,10 @@ class _Checkpoint(threading.Event):
             super().clear()
 
     def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if not super().wait(timeout):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not super().wait(left):
                 return False
             with self._gate:
                 if self.is_set():
