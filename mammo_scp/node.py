@@ -22,6 +22,7 @@ from mammo_scp.db import Database, upgrade
 from mammo_scp.http import HttpStartError, NodeState, start_http
 from mammo_scp.metrics import forget_children_metrics, share_metrics_with_children
 from mammo_scp.pipeline import Pipeline, default_pipeline
+from mammo_scp.prefetch import Prefetcher
 from mammo_scp.receive.scp import start_scp
 from mammo_scp.store.ingest import ImageLimits, Ingestor
 from mammo_scp.store.spool import Spool
@@ -99,11 +100,14 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
         child.wait_ready()  # a missing or corrupt model stops serve here, as in one process
         instances_arrived = child.notify
     else:
+        prefetcher = None
         if pipeline is None:
             analyzer = load_models(settings)
-            pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr)
+            if analyzer is not None:
+                prefetcher = Prefetcher(analyzer)
+            pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr, prefetcher=prefetcher)
         state.models_loaded = True
-        workers = Workers(settings, db, spool, pipeline)
+        workers = Workers(settings, db, spool, pipeline, prefetcher=prefetcher)
         instances_arrived = workers.instances_arrived.notify
     server = None
     if with_scp:

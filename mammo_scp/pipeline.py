@@ -24,6 +24,7 @@ from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 
 if TYPE_CHECKING:
     from mammo_scp.models.analyzer import Analyzer
+    from mammo_scp.prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
@@ -108,30 +109,41 @@ def load(ctx: JobContext) -> str:
     return f"{len(ctx.datasets)} to process, {len(ctx.skipped)} skipped"
 
 
-def analyze_stage(analyzer: Analyzer) -> Stage:
+def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> Stage:
     """Preprocess and run both models on every loaded image.
 
-    An image that cannot be analysed (undecodable or truncated pixel data, an
-    image the preprocessing cannot find a breast in, ...) is skipped with the
-    reason; the rest of the study is still processed.
+    An image already analysed on arrival (:mod:`mammo_scp.prefetch`) is taken from there.
+    An image that cannot be analysed (undecodable or truncated pixel data, an image the
+    preprocessing cannot find a breast in, ...) is skipped with the reason; the rest of the
+    study is still processed.
     """
 
     def analyze(ctx: JobContext) -> str:
+        paths = {record.sop_instance_uid: record.path for record in ctx.instances}
+        ahead = 0
         for uid, ds in list(ctx.datasets.items()):
-            try:
-                analysis = analyzer.analyze(ds)
-            except Exception as exc:  # one bad image must not sink the study
-                logger.warning("job %d: instance %s cannot be analysed: %s: %s", ctx.job_id,
-                               uid, type(exc).__name__, exc)
-                ctx.skip(uid, f"cannot be analysed: {type(exc).__name__}: {exc}")
-                continue
+            analysis = prefetcher.take(uid, paths[uid]) if prefetcher is not None else None
+            if analysis is not None:
+                ahead += 1
+            else:
+                try:
+                    analysis = analyzer.analyze(ds)
+                except Exception as exc:  # one bad image must not sink the study
+                    logger.warning("job %d: instance %s cannot be analysed: %s: %s",
+                                   ctx.job_id, uid, type(exc).__name__, exc)
+                    ctx.skip(uid, f"cannot be analysed: {type(exc).__name__}: {exc}")
+                    continue
             ctx.analyses[uid] = analysis
             for model in ("unet", "frcnn"):
                 if model in analysis.timings_ms:
                     MODEL_SECONDS.labels(model=model).observe(analysis.timings_ms[model] / 1e3)
+        if prefetcher is not None:
+            prefetcher.forget_taken(set(paths))
         findings = sum(len(a.findings) for a in ctx.analyses.values())
         model_ms = sum(a.timings_ms.get("total", 0.0) for a in ctx.analyses.values())
-        return f"{len(ctx.analyses)} image(s), {findings} finding(s), {model_ms:.0f} ms"
+        on_arrival = f" ({ahead} analysed on arrival)" if ahead else ""
+        return (f"{len(ctx.analyses)} image(s){on_arrival}, {findings} finding(s), "
+                f"{model_ms:.0f} ms")
 
     return Stage("analyze", analyze)
 
@@ -234,9 +246,10 @@ class Pipeline:
     stages: tuple[Stage, ...]
 
 
-def default_pipeline(analyzer: Analyzer | None = None, *, cad_sr: bool = False) -> Pipeline:
+def default_pipeline(analyzer: Analyzer | None = None, *, cad_sr: bool = False,
+                     prefetcher: Prefetcher | None = None) -> Pipeline:
     """The stages the node runs for every job: load, and with models analyze and encode."""
     stages = [Stage("load", load)]
     if analyzer is not None:
-        stages += [analyze_stage(analyzer), encode_stage(cad_sr=cad_sr)]
+        stages += [analyze_stage(analyzer, prefetcher), encode_stage(cad_sr=cad_sr)]
     return Pipeline(stages=tuple(stages))

@@ -30,6 +30,7 @@ from mammo_scp.jobs.service import (
 from mammo_scp.jobs.states import DeliveryState, InstanceStatus, JobState
 from mammo_scp.metrics import STAGE_SECONDS
 from mammo_scp.pipeline import InstanceRecord, JobContext, Pipeline
+from mammo_scp.prefetch import Prefetcher
 from mammo_scp.send.delivery import deliver_due
 from mammo_scp.store.spool import Spool
 
@@ -179,11 +180,14 @@ class Wakeup:
     (a `work` host sharing the database) and for the quiet-period rule.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, also: Wakeup | None = None) -> None:
         self._event = threading.Event()
+        self._also = also
 
     def notify(self) -> None:
         self._event.set()
+        if self._also is not None:
+            self._also.notify()
 
     def wait(self, timeout_s: float) -> None:
         self._event.wait(timeout_s)
@@ -193,20 +197,27 @@ class Wakeup:
 class Workers:
     """The background threads of one process."""
 
-    def __init__(self, settings: Settings, db: Database, spool: Spool, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, db: Database, spool: Spool, pipeline: Pipeline,
+                 prefetcher: Prefetcher | None = None) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.runner = JobRunner(settings, db, spool, pipeline)
+        self.prefetcher = prefetcher
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.instances_arrived = Wakeup()
+        self.images_arrived = Wakeup()  # the prefetcher's own, so housekeeping does not eat it
+        self.instances_arrived = Wakeup(also=self.images_arrived)
+        self._jobs_in_hand = 0
+        self._jobs_lock = threading.Lock()
         self.jobs_ready = Wakeup()
         self.deliveries_ready = Wakeup()
 
     def start(self) -> None:
         targets = [("housekeeping", self._housekeeping), ("delivery", self._delivery)]
         targets += [(f"job-{n}", self._jobs) for n in range(self.settings.workers)]
+        if self.prefetcher is not None:
+            targets.append(("prefetch", self._prefetch))
         for name, target in targets:
             thread = threading.Thread(target=self._guard, args=(name, target), name=name,
                                       daemon=True)
@@ -238,12 +249,35 @@ class Workers:
 
     def _jobs(self, me: str) -> None:
         while not self.stopping.is_set():
-            job_id = claim_next_job(self.db, me, self.settings.job_lease_s)
+            with self._jobs_lock:
+                self._jobs_in_hand += 1
+            try:
+                job_id = claim_next_job(self.db, me, self.settings.job_lease_s)
+                if job_id is not None:
+                    self.runner.run(job_id, me)
+            finally:
+                with self._jobs_lock:
+                    self._jobs_in_hand -= 1
             if job_id is None:
                 self.jobs_ready.wait(self.settings.poll_interval_s)
                 continue
-            self.runner.run(job_id, me)
             self.deliveries_ready.notify()
+
+    def _idle(self) -> bool:
+        with self._jobs_lock:
+            return self._jobs_in_hand == 0
+
+    def _prefetch(self, me: str) -> None:
+        """Analyse arrived images while no job runs (see :mod:`mammo_scp.prefetch`)."""
+        prefetcher = self.prefetcher
+        assert prefetcher is not None
+        while not self.stopping.is_set():
+            self.images_arrived.wait(3600.0)
+            while not self.stopping.is_set() and self._idle() and not prefetcher.full():
+                todo = prefetcher.candidates(self.db, self.spool, limit=1)
+                if not todo:
+                    break
+                prefetcher.analyze(*todo[0])
 
     def _delivery(self, me: str) -> None:
         while not self.stopping.is_set():

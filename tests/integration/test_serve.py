@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from mammo_scp.db import Database
 from mammo_scp.jobs.models import Instance, Job
 from mammo_scp.jobs.states import CompletionTrigger, JobState
 from tests.support.mg import Patient, four_view_study, make_mg
+from tests.support.mias import mias_mass_study
 from tests.support.peers import NodeProcess, echo_ok, free_port, storescu, wait_for, write_config
 
 AET = "MAMMO_SCP"
@@ -159,3 +162,40 @@ def test_files_are_private_and_logs_carry_no_patient_data(node: RunningNode,
     assert study_uid in log  # UIDs are logged ...
     for secret in ("SECRETSURNAME", "PID-SECRET-4711"):  # ... patient identity never
         assert secret not in log
+
+
+def _analyze_note(node: RunningNode, job_id: int) -> str:
+    with node.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return next(e.message for e in job.events if e.stage == "analyze")
+
+
+def _findings(node: RunningNode, job_id: int) -> list[object]:
+    path = node.data / "spool" / "results" / str(job_id) / "findings.json"
+    return [image["findings"] for image in json.loads(path.read_text())]
+
+
+def test_views_sent_one_at_a_time_are_analysed_as_they_arrive(node: RunningNode,
+                                                             tmp_path: Path) -> None:
+    """A unit sends each view as it takes it. The worker analyses each one while it waits
+    for the rest, and the study's job (started by the fourth view) takes those analyses
+    instead of running the models again; its findings are those of the same images sent
+    all at once."""
+    _, paced = mias_mass_study(tmp_path / "paced")
+    for n, path in enumerate(paced):
+        assert _acknowledged(storescu(node.port, AET, [path])) == 1
+        if n < len(paced) - 1:
+            time.sleep(2.0)  # a real unit: a minute or so
+    first = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 60,
+                     what="the paced study's job")[0]
+    note = _analyze_note(node, first.id)
+    ahead = re.search(r"\((\d) analysed on arrival\)", note)
+    assert ahead and int(ahead.group(1)) >= 3, note
+
+    _, together = mias_mass_study(tmp_path / "together")
+    assert _acknowledged(storescu(node.port, AET, together)) == 4
+    second = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE
+                               and j.id != first.id], 60, what="the second study's job")[0]
+    assert _findings(node, first.id) == _findings(node, second.id)
+    assert any(_findings(node, first.id))
