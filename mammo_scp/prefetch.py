@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 MAX_BYTES = 256 * 1024 * 1024
 #: How long a job waits for an image that is being analysed at that moment.
 WAIT_S = 60.0
+#: An analysis kept this long after its instance went to a job was taken by another process.
+TAKEN_ELSEWHERE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Prefetcher:
         self.analyzer = analyzer
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._kept: OrderedDict[str, tuple[FileKey, ImageAnalysis]] = OrderedDict()
+        self._kept: OrderedDict[str, tuple[FileKey, ImageAnalysis, float]] = OrderedDict()
         self._bytes = 0
         self._busy: dict[str, threading.Event] = {}
         self._tried: set[str] = set()
@@ -89,7 +92,7 @@ class Prefetcher:
             if kept is None:
                 return None
             self._bytes -= kept[1].mask.nbytes
-        key, analysis = kept
+        key, analysis, _ = kept
         return analysis if key == FileKey.of(path) else None
 
     # -- for the prefetch thread ----------------------------------------------------------------
@@ -101,6 +104,7 @@ class Prefetcher:
     def candidates(self, db: Database, spool: Spool, limit: int = 8) -> list[tuple[str, Path]]:
         """Received 2D For Presentation images no job has taken, oldest first, that are
         neither kept nor tried already."""
+        self._drop_taken(db)
         with db.session() as session:
             rows = session.execute(
                 sa.select(Instance.sop_instance_uid, Instance.path)
@@ -130,7 +134,7 @@ class Prefetcher:
                 return False
             analysis = self.analyzer.analyze(ds)
             with self._lock:
-                self._kept[sop_uid] = (key, analysis)
+                self._kept[sop_uid] = (key, analysis, time.monotonic())
                 self._bytes += analysis.mask.nbytes
             logger.debug("instance %s analysed on arrival in %.0f ms", sop_uid,
                          analysis.timings_ms.get("total", 0.0))
@@ -147,6 +151,28 @@ class Prefetcher:
         """Stop remembering instances that a job has taken (keeps ``_tried`` small)."""
         with self._lock:
             self._tried -= sop_uids
+
+    def _drop_taken(self, db: Database) -> None:
+        """Forget instances that a job of another process took (``work`` on another host
+        sharing the database): their analyses would otherwise stay until the store is full."""
+        with self._lock:
+            remembered = list(self._tried | set(self._kept))
+        if not remembered:
+            return
+        with db.session() as session:
+            taken = set(session.scalars(
+                sa.select(Instance.sop_instance_uid)
+                .where(Instance.sop_instance_uid.in_(remembered), Instance.job_id.is_not(None))))
+        if not taken:
+            return
+        stale = time.monotonic() - TAKEN_ELSEWHERE_S
+        with self._lock:
+            self._tried -= taken
+            for uid in taken:
+                kept = self._kept.get(uid)
+                if kept is not None and kept[2] < stale:  # a job of ours would have taken it
+                    del self._kept[uid]
+                    self._bytes -= kept[1].mask.nbytes
 
 
 __all__ = ["MAX_BYTES", "FileKey", "Prefetcher"]

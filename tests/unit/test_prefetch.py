@@ -8,11 +8,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from mammo_scp import prefetch
+from mammo_scp.completion import queue_ready_studies
+from mammo_scp.db import Database
+from mammo_scp.jobs.models import Instance, Study, utcnow
 from mammo_scp.prefetch import Prefetcher
 from mammo_scp.results import ImageAnalysis, ModelInfo
+from mammo_scp.store.spool import Spool
 from tests.support.mg import MG_FOR_PROCESSING, make_mg
 
 
@@ -94,3 +101,44 @@ def test_it_stops_keeping_analyses_at_its_memory_bound(tmp_path: Path) -> None:
         assert not prefetcher.full()
         assert prefetcher.analyze(*_image(tmp_path))
     assert prefetcher.full()
+
+
+def _receive(db: Database, spool: Spool, study_uid: str, view: str) -> str:
+    """An MG image in the spool and in the database, as the SCP leaves it."""
+    ds = make_mg("R", view, study_uid=study_uid)
+    path = spool.instance_path(study_uid, str(ds.SOPInstanceUID))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    with db.session() as session:
+        study = session.scalars(sa.select(Study).where(Study.study_uid == study_uid)).first()
+        if study is None:
+            study = Study(study_uid=study_uid, first_received_at=utcnow(),
+                          last_received_at=utcnow())
+            session.add(study)
+            session.flush()
+        session.add(Instance(
+            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+            series_uid=str(ds.SeriesInstanceUID), study_id=study.id,
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID), laterality="R", view=view,
+            path=spool.relative(path), size_bytes=path.stat().st_size, calling_ae="T"))
+    return str(ds.SOPInstanceUID)
+
+
+def test_candidates_are_the_untaken_images_and_taken_ones_are_forgotten(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oldest untaken image first, each once; an analysis whose instance went to a job of
+    another process (``work`` on another host) is dropped instead of filling the store."""
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    study_uid = str(generate_uid())
+    first, second = (_receive(db, spool, study_uid, view) for view in ("CC", "MLO"))
+    prefetcher = Prefetcher(CountingAnalyzer())  # type: ignore[arg-type]
+    assert [uid for uid, _ in prefetcher.candidates(db, spool)] == [first, second]
+    assert prefetcher.analyze(*prefetcher.candidates(db, spool, limit=1)[0])
+    assert [uid for uid, _ in prefetcher.candidates(db, spool)] == [second]
+
+    time.sleep(0.01)
+    assert queue_ready_studies(db, quiet_period_s=0.001)  # both go to a job elsewhere
+    monkeypatch.setattr(prefetch, "TAKEN_ELSEWHERE_S", 0.0)
+    assert prefetcher.candidates(db, spool) == []
+    assert prefetcher.take(first, spool.instance_path(study_uid, first)) is None
