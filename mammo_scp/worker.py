@@ -189,9 +189,11 @@ class Wakeup:
         if self._also is not None:
             self._also.notify()
 
-    def wait(self, timeout_s: float) -> None:
-        self._event.wait(timeout_s)
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep until notified or ``timeout_s`` passes; True when notified."""
+        woken = self._event.wait(timeout_s)
         self._event.clear()
+        return woken
 
 
 class Workers:
@@ -272,7 +274,8 @@ class Workers:
         prefetcher = self.prefetcher
         assert prefetcher is not None
         while not self.stopping.is_set():
-            self.images_arrived.wait(3600.0)
+            if not self.images_arrived.wait(3600.0):
+                continue  # only arrivals wake it: a `work` process never prefetches
             while not self.stopping.is_set() and self._idle() and not prefetcher.full():
                 todo = prefetcher.candidates(self.db, self.spool, limit=1)
                 if not todo:
