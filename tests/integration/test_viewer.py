@@ -314,20 +314,16 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
                 _save_small(shot, Path(os.environ["MAMMO_DOCS_SCREENSHOT_OHIF"]))
     assert shown == set(WITH_MASS)
 
-    # 4. The SR: its findings tracked (the Measurements panel), no parsing errors.
-    page.get_by_text("AI mass measurements", exact=True).dblclick()
-    prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
-    _poll(lambda: bool(prompt.count() or errors), "OHIF to load the SR", timeout=120)
-    assert not errors, f"OHIF could not load the SR (docs/ohif.md, known limitations): {errors}"
-    # Answer only once the SR viewport has its image: answered earlier, OHIF sometimes takes
-    # the findings for previews and never draws them.
-    page.wait_for_load_state("networkidle")
-    _poll(lambda: page.evaluate("""() => window.services.displaySetService
-        .getActiveDisplaySets().some(d => d.Modality === 'SR' && d.isLoaded)"""),
-          "OHIF to load the SR", timeout=120)
-    # Drawn from the report: each finding's box with its measurements.
-    page.get_by_text(re.compile(r"Probability of cancer: \d+\.\d\d %")).first.wait_for()
-    page.get_by_text(re.compile(r"Certainty of Finding: \d+\.\d\d %")).first.wait_for()
+    # 4. The SR: its findings drawn, then tracked (the Measurements panel), no parsing errors.
+    if not _open_sr(page, errors, draw_timeout_ms=45_000):
+        # Now and then (1 run in 11 here on 2026-12-02, 4 in a row the day before) OHIF 3.13
+        # shows the report's image without its findings (console: "Measurement is preview,
+        # skipping"); a radiologist reloads the viewer, and so does the test, once.
+        page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
+        page.get_by_text("AI mass measurements", exact=True).wait_for()
+        _dismiss_banners(page)
+        assert _open_sr(page, errors, draw_timeout_ms=TIMEOUT_MS), \
+            "OHIF drew none of the SR's findings, twice (see the annotations printed)"
     page.wait_for_timeout(3000)
     page.get_by_role("button", name="Yes").click()
     # Each finding becomes a tracked measurement labelled with its Comment.
@@ -345,6 +341,52 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
     assert not errors, errors
     assert page.get_by_text("Something went wrong").count() == 0
     return errors
+
+
+def _open_sr(page: Any, errors: list[str], draw_timeout_ms: int) -> bool:
+    """Open the SR from the study list; True once its findings are drawn (each finding's box
+    with its measurements), False (with OHIF's annotations printed) if they are not."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.get_by_text("AI mass measurements", exact=True).dblclick()
+    prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
+    _poll(lambda: bool(prompt.count() or errors), "OHIF to load the SR", timeout=120)
+    assert not errors, f"OHIF could not load the SR (docs/ohif.md, known limitations): {errors}"
+    # Answer only once the SR viewport has its image: answered earlier, OHIF sometimes takes
+    # the findings for previews and never draws them.
+    page.wait_for_load_state("networkidle")
+    _poll(lambda: page.evaluate("""() => window.services.displaySetService
+        .getActiveDisplaySets().some(d => d.Modality === 'SR' && d.isLoaded)"""),
+          "OHIF to load the SR", timeout=120)
+    drawn = [page.get_by_text(re.compile(line)).first for line in (
+        r"Probability of cancer: \d+\.\d\d %", r"Certainty of Finding: \d+\.\d\d %")]
+    try:
+        for text in drawn:
+            text.wait_for(timeout=draw_timeout_ms)
+        return True
+    except PlaywrightTimeout:
+        pass
+    print("the SR's findings are not drawn; OHIF's annotations and viewports:", page.evaluate(
+        """() => {
+        const tools = window.cornerstoneTools;
+        const engine = window.cornerstone.getRenderingEngines()[0];
+        const viewports = engine.getViewports().map(v => [v.id, v.getCurrentImageId(),
+            v.getActors().length, tools.ToolGroupManager.getToolGroupForViewport(v.id,
+              engine.id)?.hasTool('DICOMSRDisplay')]);
+        const annotations = tools.annotation.state.getAllAnnotations().map(a => [
+            a.metadata.toolName, a.metadata.referencedImageId, a.isPreview, a.isVisible,
+            a.invalidated]);
+        engine.render();  // draw once more: does a later render show them?
+        tools.utilities.triggerAnnotationRenderForViewportIds(
+            engine.getViewports().map(v => v.id));
+        return {viewports, annotations};
+    }"""))
+    try:
+        drawn[0].wait_for(timeout=10_000)
+        print("the SR's findings are drawn after one more render")
+        return True
+    except PlaywrightTimeout:
+        return False
 
 
 def _tracked_labels(page: Any) -> list[str]:
