@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from pydicom.dataset import Dataset
 
+from mammo_scp.models.fold import fold_batch_norm
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
 from mammo_scp.models.store import ModelBundle, load_model
 from mammo_scp.models.unet import UNetConfig, build_unet
@@ -72,10 +73,16 @@ class Analyzer:
         self.unet_bundle = unet
         self.frcnn_bundle = frcnn
         policy = keras.DTypePolicy(PRECISIONS[precision])
-        self.unet = build_unet(UNetConfig(**unet.config), dtype=policy)
-        self.unet.set_weights(unet.weights)
-        self.detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config), dtype=policy)
-        self.detector.set_weights(frcnn.weights)
+        # Both networks in their inference form: batch normalisation folded into the
+        # convolutions (mammo_scp.models.fold), built from the trained form.
+        unet_config = UNetConfig(**unet.config)
+        trained_unet = build_unet(unet_config, dtype=policy)
+        trained_unet.set_weights(unet.weights)
+        self.unet = build_unet(unet_config, dtype=policy, fold_bn=True)
+        fold_batch_norm(trained_unet, self.unet)
+        trained_detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config), dtype=policy)
+        trained_detector.set_weights(frcnn.weights)
+        self.detector = trained_detector.for_inference()
         self.spacing_mm = unet.spacing_mm
         self.detector_spacing_mm = frcnn.spacing_mm
         self.mask_threshold = float(unet.thresholds.get("mask", 0.5))

@@ -169,42 +169,51 @@ def rpn_targets(cfg: FRCNNConfig, anchors: np.ndarray, gt: np.ndarray, rng: np.r
 
 # ----------------------------------------------------------------------------------- networks
 
+def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, bn_name: str,
+             dtype: Any, momentum: float, fold_bn: bool, gamma: str = "ones") -> Any:
+    """A convolution and its BatchNormalization; with ``fold_bn`` the convolution alone, with
+    a bias (the inference form, see :mod:`mammo_scp.models.fold`)."""
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=fold_bn,
+                      name=name, dtype=dtype)(x)
+    if fold_bn:
+        return x
+    return layers.BatchNormalization(name=bn_name, gamma_initializer=gamma, momentum=momentum,
+                                     dtype=dtype)(x)
+
+
 def _bottleneck(x: Any, filters: int, stride: int, project: bool, name: str, dtype: Any,
-                momentum: float) -> Any:
+                momentum: float, fold_bn: bool) -> Any:
     shortcut = x
     if project:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, use_bias=False,
-                                 name=f"{name}_proj", dtype=dtype)(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn", momentum=momentum,
-                                             dtype=dtype)(shortcut)
-    y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_c1", dtype=dtype)(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1", momentum=momentum, dtype=dtype)(y)
+        shortcut = _conv_bn(x, 4 * filters, 1, stride, f"{name}_proj", f"{name}_proj_bn",
+                            dtype, momentum, fold_bn)
+    y = _conv_bn(x, filters, 1, 1, f"{name}_c1", f"{name}_bn1", dtype, momentum, fold_bn)
     y = layers.Activation("relu", dtype=dtype)(y)
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      name=f"{name}_c2", dtype=dtype)(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2", momentum=momentum, dtype=dtype)(y)
+    y = _conv_bn(y, filters, 3, stride, f"{name}_c2", f"{name}_bn2", dtype, momentum, fold_bn)
     y = layers.Activation("relu", dtype=dtype)(y)
-    y = layers.Conv2D(4 * filters, 1, use_bias=False, name=f"{name}_c3", dtype=dtype)(y)
-    y = layers.BatchNormalization(name=f"{name}_bn3", gamma_initializer="zeros",
-                                  momentum=momentum, dtype=dtype)(y)
+    y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_c3", f"{name}_bn3", dtype, momentum, fold_bn,
+                 gamma="zeros")
     y = layers.Add(dtype=dtype)([shortcut, y])
     return layers.Activation("relu", dtype=dtype)(y)
 
 
-def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None) -> keras.Model:
-    """Image (B, H, W, 1) -> features (B, H/16, W/16, C), RPN logits (B, h, w, A), deltas."""
+def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = False
+                       ) -> keras.Model:
+    """Image (B, H, W, 1) -> features (B, H/16, W/16, C), RPN logits (B, h, w, A), deltas.
+
+    ``fold_bn``: the inference form, without BatchNormalization layers (see
+    :mod:`mammo_scp.models.fold`).
+    """
     inputs = keras.Input((None, None, 1), name="image")
     x = layers.Rescaling(2.0, offset=-1.0, dtype=dtype)(inputs)
-    x = layers.Conv2D(cfg.width, 7, strides=2, padding="same", use_bias=False, name="stem",
-                      dtype=dtype)(x)
-    x = layers.BatchNormalization(name="stem_bn", momentum=cfg.bn_momentum, dtype=dtype)(x)
+    x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn)
     x = layers.Activation("relu", dtype=dtype)(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
     for stage, (n_blocks, stride) in enumerate(zip(cfg.blocks, (1, 2, 2), strict=True), start=2):
         filters = cfg.width * 2 ** (stage - 2)
         for block in range(n_blocks):
             x = _bottleneck(x, filters, stride if block == 0 else 1, block == 0,
-                            f"res{stage}_{block}", dtype, cfg.bn_momentum)
+                            f"res{stage}_{block}", dtype, cfg.bn_momentum, fold_bn)
     features = x
     r = layers.Conv2D(cfg.rpn_channels, 3, padding="same", activation="relu", name="rpn_conv",
                       dtype=dtype)(features)
@@ -231,12 +240,23 @@ def build_head(cfg: FRCNNConfig, channels: int, dtype: Any = None) -> keras.Mode
 class FasterRCNN:
     """The two Keras models and the graph code that ties them together."""
 
-    def __init__(self, cfg: FRCNNConfig, dtype: Any = None) -> None:
+    def __init__(self, cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = False) -> None:
         self.cfg = cfg
-        self.backbone = build_backbone_rpn(cfg, dtype)
+        self.dtype = dtype
+        self.backbone = build_backbone_rpn(cfg, dtype, fold_bn)
         channels = int(self.backbone.outputs[0].shape[-1])
         self.head = build_head(cfg, channels, dtype)
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def for_inference(self) -> FasterRCNN:
+        """The same network with batch normalisation folded into its convolutions (faster;
+        inference only: :mod:`mammo_scp.models.fold`)."""
+        from mammo_scp.models.fold import fold_batch_norm
+
+        folded = FasterRCNN(self.cfg, dtype=self.dtype, fold_bn=True)
+        fold_batch_norm(self.backbone, folded.backbone)
+        folded.head.set_weights(self.head.get_weights())
+        return folded
 
     @property
     def weights(self) -> list[Any]:

@@ -42,11 +42,11 @@ class UNetConfig:
 
 
 def _block(x: Any, filters: int, dropout: float, cfg: UNetConfig, name: str,
-           dtype: Any) -> Any:
+           dtype: Any, fold_bn: bool) -> Any:
     for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm,
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=fold_bn or not cfg.batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}", dtype=dtype)(x)
-        if cfg.batch_norm:
+        if cfg.batch_norm and not fold_bn:
             x = layers.BatchNormalization(name=f"{name}_bn{i}", dtype=dtype)(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
         if i == 1:
@@ -54,21 +54,28 @@ def _block(x: Any, filters: int, dropout: float, cfg: UNetConfig, name: str,
     return x
 
 
-def build_unet(cfg: UNetConfig, dtype: Any = None) -> keras.Model:
-    """The U-Net for single-channel inputs of any size divisible by ``cfg.stride``."""
+def build_unet(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> keras.Model:
+    """The U-Net for single-channel inputs of any size divisible by ``cfg.stride``.
+
+    ``fold_bn``: the inference form, without BatchNormalization layers; load it with
+    :func:`mammo_scp.models.fold.fold_batch_norm` from the trained form.
+    """
     inputs = keras.Input((None, None, 1), name="image")
     x = inputs
     skips = []
     for level in range(cfg.depth):
-        x = _block(x, cfg.width * 2 ** level, cfg.dropout(level), cfg, f"down{level}", dtype)
+        x = _block(x, cfg.width * 2 ** level, cfg.dropout(level), cfg, f"down{level}", dtype,
+                   fold_bn)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}", dtype=dtype)(x)
-    x = _block(x, cfg.width * 2 ** cfg.depth, cfg.dropout(cfg.depth), cfg, "bottom", dtype)
+    x = _block(x, cfg.width * 2 ** cfg.depth, cfg.dropout(cfg.depth), cfg, "bottom", dtype,
+               fold_bn)
     for level in reversed(range(cfg.depth)):
         x = layers.Conv2DTranspose(cfg.width * 2 ** level, 2, strides=2, padding="same",
                                    name=f"up{level}_tconv", dtype=dtype)(x)
         x = layers.Concatenate(name=f"up{level}_cat", dtype=dtype)([x, skips[level]])
-        x = _block(x, cfg.width * 2 ** level, cfg.dropout(level), cfg, f"up{level}", dtype)
+        x = _block(x, cfg.width * 2 ** level, cfg.dropout(level), cfg, f"up{level}", dtype,
+                   fold_bn)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="head", dtype="float32",
                             bias_initializer=keras.initializers.Constant(cfg.head_bias))(x)
     return keras.Model(inputs, outputs, name="unet")
