@@ -44,7 +44,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=int, default=None)
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--init", type=Path, default=None,
-                    help="start from the weights of an earlier run (RUN/last.npz)")
+                    help="start from the weights of an earlier run (RUN/last.npz) or of a "
+                         "shipped model (models/unet/1.0.0)")
     tr.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="train on windows of H x W model pixels (default: per model)")
     tr.add_argument("--train-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -182,11 +183,21 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
 
 
 def _init_stage(tcfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The run whose weights this run started from (its config and last epochs), if any."""
+    """The run or shipped model whose weights this run started from: its training config and
+    last epochs, or the shipped model's version, sha256 and training record (which names
+    the stage before it in turn)."""
     if not tcfg.get("init_weights"):
         return None
-    run = Path(tcfg["init_weights"]).parent
+    init = Path(tcfg["init_weights"])
     info: dict[str, Any] = {"weights": tcfg["init_weights"]}
+    if init.is_dir() and (init / "manifest.json").is_file():
+        manifest = json.loads((init / "manifest.json").read_text())
+        info["model"] = f"{init.parent.name} {init.name}"
+        info["sha256"] = manifest.get("weights", {}).get("sha256")
+        info["training"] = manifest.get("training")
+        info["validation_metrics"] = manifest.get("validation_metrics")
+        return info
+    run = init.parent
     if (run / "train_config.json").is_file():
         cfg = json.loads((run / "train_config.json").read_text())
         info["config"] = cfg["train"]
@@ -201,9 +212,9 @@ def _init_stage(tcfg: dict[str, Any]) -> dict[str, Any] | None:
 
 def _why(kind: str, cfg: dict[str, Any], tcfg: dict[str, Any]) -> str:
     spacing = tcfg["model_spacing_mm"]
-    staged = (" Trained in two stages: from scratch at 0.8 mm on whole images, then at "
-              f"{spacing} mm on windows, starting from the first stage's weights (no ImageNet "
-              "weights can be had here)." if tcfg.get("init_weights") else "")
+    staged = (" Trained from scratch in stages, each starting from the weights of the one "
+              "before (training.initialised_from; no ImageNet weights can be had here)."
+              if tcfg.get("init_weights") else "")
     if kind == "unet":
         return (f"Depth {cfg.get('depth')} / base width {cfg.get('width')} at {spacing} mm input: "
                 "four poolings give a receptive field wider than the largest mini-MIAS mass and "

@@ -51,7 +51,7 @@ class TrainConfig:
     stop_after: int | None = None  # train at most this many epochs in this invocation
     crop: tuple[int, int] | None = None  # train on windows of this size (U-Net)
     crop_lesion_prob: float = 0.7
-    init_weights: str | None = None  # start from these weights (a .npz written by a run)
+    init_weights: str | None = None  # start from a run's .npz or a shipped model folder
 
     def __post_init__(self) -> None:
         # JSON gives lists; shapes are tuples everywhere else
@@ -129,6 +129,16 @@ def _load_npz(path: Path) -> list[np.ndarray]:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
+def load_init_weights(path: Path) -> list[np.ndarray]:
+    """Weights to start from: a run's ``.npz`` or a shipped model folder
+    (``models/unet/1.0.0``, verified against its manifest's sha256)."""
+    if path.is_dir():
+        from mammo_scp.models.store import load_model
+
+        return load_model(path.parent.parent, path.parent.name, path.name).weights
+    return _load_npz(path)
+
+
 def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizers.Optimizer,
                     state: TrainState, rng: np.random.Generator) -> None:
     """Every model variable (weights, BN statistics, dropout seed states), optimizer, RNG."""
@@ -188,7 +198,7 @@ def train_unet(cfg: TrainConfig) -> Path:
     ucfg = UNetConfig(**cfg.model)
     model = build_unet(ucfg)
     if cfg.init_weights:
-        model.set_weights(_load_npz(Path(cfg.init_weights)))
+        model.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
     rng = np.random.default_rng(cfg.seed)
     steps = len(epoch_order(train, cfg, np.random.default_rng(0))) // cfg.batch
@@ -292,7 +302,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     frc = FRCNNConfig.from_dict(cfg.model)
     net = FasterRCNN(frc)
     if cfg.init_weights:
-        net.set_weights(_load_npz(Path(cfg.init_weights)))
+        net.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
     window = (int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop is not None else cfg.train_shape
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)

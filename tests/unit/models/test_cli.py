@@ -11,8 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammo_scp.models.cli import add_models_parser
-from mammo_scp.models.store import load_model
-from mammo_scp.models.train import _load_npz
+from mammo_scp.models.store import ModelStoreError, load_model
+from mammo_scp.models.train import _load_npz, load_init_weights
 from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
 
 
@@ -75,3 +75,31 @@ def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
     split_info = bundle.manifest["training"]["split"]
     assert split_info["by"] == "woman"
     assert set(split_info["train_women"]).isdisjoint(split_info["val_women"])
+
+
+
+def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
+    common = ["--data", str(dicom_folder), "--seed", "5", "--width", "4", "--batch", "4"]
+    first = tmp_path / "first"
+    assert _run("models", "train", "unet", "--out", str(first), "--epochs", "1", *common) == 0
+    assert _run("models", "export", "unet", "--run", str(first), "--models",
+                str(tmp_path / "models"), "--version", "0.0.1") == 0
+    shipped = tmp_path / "models" / "unet" / "0.0.1"
+    start = load_init_weights(shipped)  # float16 on disk, float32 here, as the node loads it
+    assert all(np.array_equal(x, y) for x, y in zip(
+        start, load_model(tmp_path / "models", "unet").weights, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(
+        start, _load_npz(first / "last.npz"), strict=True))  # float16 rounding: not the .npz
+    again = tmp_path / "again"
+    assert _run("models", "train", "unet", "--out", str(again), "--epochs", "1",
+                "--init", str(shipped), *common) == 0
+    assert _run("models", "export", "unet", "--run", str(again), "--models",
+                str(tmp_path / "models"), "--version", "0.0.2") == 0
+    record = load_model(tmp_path / "models", "unet", "0.0.2").manifest["training"]
+    assert record["initialised_from"]["model"] == "unet 0.0.1"
+    assert record["initialised_from"]["training"]["epochs_run"] == 1
+    assert record["command"].endswith(f"--init {shipped}")
+    # a corrupt folder is refused, naming the file
+    (shipped / "weights.npz").write_bytes(b"not weights")
+    with pytest.raises(ModelStoreError, match="weights.npz"):
+        load_init_weights(shipped)
