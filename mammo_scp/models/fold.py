@@ -3,8 +3,9 @@
 At inference a BatchNormalization layer is a fixed per-channel affine map,
 ``y = gamma * (x - mean) / sqrt(var + eps) + beta``. After a convolution it can be
 folded into that convolution's kernel and bias, so the network skips one pass over
-every feature map: the U-Net and the detector both run ~15-30 % faster on the CPU,
-with the same outputs to float rounding.
+every feature map and TensorFlow fuses each convolution with its bias and ReLU. Measured
+on 2 cores (2026-12-02): 1.1-1.3x faster in fp32 and 1.4-1.7x in bf16, the same outputs
+to 1e-6 in fp32.
 
 Both networks are built twice from the same code: the trained form (with
 BatchNormalization, as trained and shipped) and the inference form (``fold_bn=True``:
