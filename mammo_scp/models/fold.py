@@ -4,8 +4,8 @@ At inference a BatchNormalization layer is a fixed per-channel affine map,
 ``y = gamma * (x - mean) / sqrt(var + eps) + beta``. After a convolution it can be
 folded into that convolution's kernel and bias, so the network skips one pass over
 every feature map and TensorFlow fuses each convolution with its bias and ReLU. Measured
-on 2 cores (2026-12-02): 1.1-1.3x faster in fp32 and 1.4-1.7x in bf16, the same outputs
-to 1e-6 in fp32.
+on 2 cores (2026-12-02): 1.1-1.3x faster in fp32 and 1.4-1.7x in bf16; in fp32 the U-Net's
+probabilities differ by under 1e-9 and the detector's features by under 1e-5.
 
 Both networks are built twice from the same code: the trained form (with
 BatchNormalization, as trained and shipped) and the inference form (``fold_bn=True``:
@@ -23,7 +23,7 @@ from keras import layers
 def _conv_of(bn: layers.BatchNormalization) -> layers.Layer:
     """The layer whose output ``bn`` normalises."""
     source = bn.input._keras_history.operation
-    if not isinstance(source, layers.Conv2D) or isinstance(source, layers.Conv2DTranspose):
+    if not isinstance(source, layers.Conv2D):
         raise ValueError(f"{bn.name} follows {source.name} ({type(source).__name__}), "
                          "not a convolution: it cannot be folded")
     return source

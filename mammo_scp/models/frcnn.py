@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from mammo_scp.models.fold import fold_batch_norm
+
 BOX_STD = np.array([0.1, 0.1, 0.2, 0.2], dtype=np.float32)
 NUM_CLASSES = 3  # background, benign mass, malignant mass
 UNKNOWN_LABEL = 3  # training only: a mass whose severity is unknown (foreground, no B/M loss)
@@ -251,8 +253,6 @@ class FasterRCNN:
     def for_inference(self) -> FasterRCNN:
         """The same network with batch normalisation folded into its convolutions (faster;
         inference only: :mod:`mammo_scp.models.fold`)."""
-        from mammo_scp.models.fold import fold_batch_norm
-
         folded = FasterRCNN(self.cfg, dtype=self.dtype, fold_bn=True)
         fold_batch_norm(self.backbone, folded.backbone)
         folded.head.set_weights(self.head.get_weights())

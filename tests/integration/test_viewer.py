@@ -316,7 +316,7 @@ def _check_viewer(page: Any, port: int, study_uid: str, refs: dict[str, str],
 
     # 4. The SR: its findings drawn, then tracked (the Measurements panel), no parsing errors.
     if not _open_sr(page, errors, draw_timeout_ms=45_000):
-        # Now and then (1 run in 11 here on 2026-12-02, 4 in a row the day before) OHIF 3.13
+        # Now and then (1 run in 11 here, 4 in a row earlier, both on 2026-12-02) OHIF 3.13
         # shows the report's image without its findings (console: "Measurement is preview,
         # skipping"); a radiologist reloads the viewer, and so does the test, once.
         page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
