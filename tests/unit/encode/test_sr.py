@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from mammo_scp.encode import build_measurement_report, build_seg, codes
+from mammo_scp.encode import sr as sr_module
 from mammo_scp.encode.sr import SERIES_DESCRIPTION
 from mammo_scp.encode.uids import SeriesNumber
 from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
@@ -268,3 +269,46 @@ def test_rejects_a_seg_of_another_image() -> None:
     analyses = [analysis_for(sources[0], (RCC_MASS,)), *map(analysis_for, sources[1:])]
     with pytest.raises(ValueError, match="segs"):
         build_measurement_report(sources, analyses, [seg])
+
+
+def test_report_is_what_highdicom_alone_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report built without highdicom's copy of the content tree has, element for
+    element, what highdicom's own Comprehensive3DSR writes for the same arguments."""
+    calls: list[dict[str, object]] = []
+    real = sr_module.comprehensive_3d_sr
+
+    def recording(**kwargs: object) -> Dataset:
+        calls.append(kwargs)
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sr_module, "comprehensive_3d_sr", recording)
+    sources, analyses, segs = _study()
+    fast = build_measurement_report(sources, analyses, segs)
+    (kwargs,) = calls
+    plain = hd.sr.Comprehensive3DSR(**kwargs)  # type: ignore[arg-type]
+    sr_module.copy_patient_study(sources[0], plain)
+    plain.SoftwareVersions = fast.SoftwareVersions
+    for keyword in ("ContentDate", "ContentTime", "InstanceCreationDate",
+                    "InstanceCreationTime"):  # highdicom's "now"
+        if keyword in fast:
+            setattr(plain, keyword, fast[keyword].value)
+    for ours, theirs in zip(fast.ContributingEquipmentSequence,
+                            plain.ContributingEquipmentSequence, strict=True):
+        if "ContributionDateTime" in ours:
+            theirs.ContributionDateTime = ours.ContributionDateTime
+    assert round_trip(fast) == round_trip(plain)
+
+
+def test_report_refuses_a_reference_outside_its_evidence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sources, analyses, segs = _study()
+    calls: list[dict[str, object]] = []
+    real = sr_module.comprehensive_3d_sr
+    monkeypatch.setattr(sr_module, "comprehensive_3d_sr",
+                        lambda **kwargs: calls.append(kwargs) or real(**kwargs))
+    build_measurement_report(sources, analyses, segs)
+    content = calls[0]["content"]
+    with pytest.raises(ValueError, match="not in its evidence"):
+        real(evidence=sources[1:], content=content, series_instance_uid=generate_uid(),
+            series_number=1, sop_instance_uid=generate_uid(), instance_number=1,
+            manufacturer="x")
