@@ -50,6 +50,13 @@ MAX_WAIT_S = 0.1
 SUPPORTED = ("3.0.",)
 #: The delay of the association reactor's polling sleep in pynetdicom 3.0.
 _ASSOCIATION_POLL_S = 0.001
+#: The delay of ``Association.kill``'s wait for its DUL to reach Sta1 in pynetdicom 3.0.
+_KILL_POLL_S = 0.01
+#: How often a kill looks at the DUL's state instead (it is there within a millisecond or
+#: two of the release, but pynetdicom's first look is usually just too early).
+_KILL_LOOK_S = 0.0005
+#: The association being killed by this thread, if any (see :func:`_kill`).
+_killing = threading.local()
 
 _installed = False
 _install_lock = threading.Lock()
@@ -196,8 +203,21 @@ class _ReactorTime:
         elif (isinstance(thread, _association.Association)
               and seconds == _ASSOCIATION_POLL_S):
             _association_idle_wait(thread)
+        elif seconds == _KILL_POLL_S and getattr(_killing, "assoc", None) is not None:
+            _kill_wait(_killing.assoc, seconds)
         else:
             time.sleep(seconds)
+
+
+def _kill_wait(assoc: Any, seconds: float) -> None:
+    """``Association.kill``'s wait for the DUL to reach Sta1 (after a release, the transport
+    closed): at most ``seconds`` as before, but ending as soon as it is there. pynetdicom's
+    own 10 ms sleep added 10 ms to every association this node releases."""
+    deadline = time.monotonic() + seconds
+    dul = assoc.dul
+    while (dul.is_alive() and dul.state_machine.current_state != "Sta1"
+           and time.monotonic() < deadline):
+        time.sleep(_KILL_LOOK_S)
 
 
 def _after(original: Callable[..., Any], then: Callable[[Any], None]) -> Callable[..., Any]:
@@ -213,9 +233,11 @@ def _after(original: Callable[..., Any], then: Callable[[Any], None]) -> Callabl
 def _kill(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def kill(self: Any) -> None:
         _association_event(self).set()
+        _killing.assoc = self
         try:
             original(self)
         finally:
+            _killing.assoc = None
             _association_event(self).set()
 
     return kill
