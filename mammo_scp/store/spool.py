@@ -97,9 +97,12 @@ class Spool:
         fsync_dir(final.parent)
 
     def write_bytes(self, final: Path, data: bytes) -> None:
-        """Write ``data`` to ``final`` durably (temporary file, fsync, rename)."""
+        """Write ``data`` to ``final`` durably (temporary file beside it, fsync, rename).
+
+        The temporary file is not under ``incoming/``, which a starting SCP empties.
+        """
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as fh:
