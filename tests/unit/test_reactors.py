@@ -12,8 +12,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from mammo_scp.dicom import SopClass, make_ae
 from mammo_scp import reactors
+from mammo_scp.dicom import SopClass, make_ae
 from mammo_scp.reactors import _Checkpoint, wake_on_work
 from tests.support.peers import free_port
 
