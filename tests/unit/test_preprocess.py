@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from mammo_scp.preprocess import (
@@ -161,3 +166,78 @@ def test_bad_inputs_are_refused():
         preprocess_array(np.zeros((4, 4, 3)), 0.2, model_spacing_mm=0.8)
     with pytest.raises(ValueError, match="model_spacing_mm"):
         preprocess_array(np.zeros((4, 4)), 0.2, model_spacing_mm=0.0)
+
+
+def reread(ds: Dataset) -> Dataset:
+    """``ds`` as the node has it: written to a file and read back."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return dcmread(BytesIO(buffer.getvalue()))
+
+
+def _presentation_pixel_by_pixel(ds: Dataset) -> np.ndarray:
+    """The presentation steps on every pixel, as the node ran them before the table."""
+    arr = ds.pixel_array
+    out = apply_modality_lut(arr, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        out = apply_voi_lut(out, ds, index=0)
+    out = np.asarray(out, dtype=np.float64)
+    lo, hi = float(out.min()), float(out.max())
+    scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+def _voi_lut(entries: np.ndarray, first: int) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [len(entries), first, 16]
+    item.add_new(0x00283006, "OW", np.asarray(entries, dtype=np.uint16).tobytes())  # LUT Data
+    return item
+
+
+def _variant(name: str) -> Dataset:
+    """MG images covering the stored-value paths: bits, sign, LUTs, windows, photometry."""
+    pixels = breast_phantom(300, 240, "R", seed=5, bits=12)
+    ds = make_mg("R", "CC", study_uid=_study(), pixels=pixels, bits_stored=12)
+    if name == "window":
+        ds.WindowCenter, ds.WindowWidth = 1800, 1500  # clips both ends
+    elif name == "two windows, sigmoid, MONOCHROME1":
+        ds.WindowCenter, ds.WindowWidth = [1800, 2048], [1500, 4096]
+        ds.VOILUTFunction = "SIGMOID"
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    elif name == "rescale and window":
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-100"
+        ds.WindowCenter, ds.WindowWidth = 600, 900
+    elif name == "no VOI, offset range":
+        ds.PixelData = (pixels + 1000).astype(np.uint16).tobytes()
+        ds.BitsStored, ds.HighBit = 16, 15
+    elif name == "signed, negative values":
+        signed = (pixels.astype(np.int32) - 2048).astype(np.int16)
+        ds.PixelRepresentation = 1
+        ds.PixelData = signed.tobytes()
+        ds.WindowCenter, ds.WindowWidth = 0, 3000
+    elif name == "VOI LUT, monotone":
+        ds.VOILUTSequence = [_voi_lut(np.sqrt(np.arange(4096) / 4095) * 65535, 0)]
+    elif name == "VOI LUT, rises and falls":
+        ds.VOILUTSequence = [_voi_lut(np.abs(np.arange(4096) - 2000) * 16, 0)]
+    elif name == "8-bit":
+        ds = make_mg("R", "CC", study_uid=_study(),
+                     pixels=breast_phantom(300, 240, "R", seed=5, bits=8).astype(np.uint8),
+                     bits_stored=8)
+    elif name == "flat":
+        ds.PixelData = np.full((300, 240), 700, dtype=np.uint16).tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("name", [
+    "plain", "window", "two windows, sigmoid, MONOCHROME1", "rescale and window",
+    "no VOI, offset range", "signed, negative values", "VOI LUT, monotone",
+    "VOI LUT, rises and falls", "8-bit", "flat"])
+def test_presentation_by_table_is_exactly_the_pixel_by_pixel_result(name: str) -> None:
+    ds = reread(_variant(name))
+    expected = _presentation_pixel_by_pixel(ds)
+    got = presentation_image(ds)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert got.min() >= 0.0 and got.max() <= 1.0
