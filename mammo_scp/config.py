@@ -159,7 +159,7 @@ class Settings(BaseModel):
     http_port: int = Field(default=8080, ge=0, le=65535)  # 0: no HTTP side
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     models_dir: Path = SHIPPED_MODELS
-    inference_precision: Literal["fp32", "bf16"] = "fp32"
+    inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
     cad_sr: bool = False
 
     @field_validator("database_url")

@@ -66,10 +66,10 @@ def load_models(settings: Settings) -> Analyzer | None:
         raise StartupError(f"cannot load the models: {exc}") from exc
     started = time.perf_counter()
     warm_up(analyzer)  # the first study then runs as fast as the rest
-    logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s)",
+    logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s, %s)",
                 time.perf_counter() - started, analyzer.segmenter_info.name,
                 analyzer.segmenter_info.version, analyzer.detector_info.name,
-                analyzer.detector_info.version, settings.inference_precision)
+                analyzer.detector_info.version, analyzer.precision, analyzer.precision_reason)
     return analyzer
 
 

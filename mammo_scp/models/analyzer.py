@@ -24,6 +24,38 @@ from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+#: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The flags of the first CPU in ``cpuinfo`` (empty where there is no such file)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def resolve_precision(setting: str, flags: set[str] | None = None) -> tuple[str, str]:
+    """The precision to run (``fp32`` or ``bf16``) for a setting, and why.
+
+    ``auto`` is bf16 on a CPU that runs it natively (AMX or AVX512_BF16: the same
+    validation figures, and 1.4-1.6x faster on the 2-core machines measured), else
+    fp32: without those instructions bfloat16 has no hardware support.
+    """
+    if setting in PRECISIONS:
+        return setting, "as configured"
+    if setting != "auto":
+        raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, "
+                         f"got {setting!r}")
+    found = [flag for flag in BF16_FLAGS if flag in (cpu_flags() if flags is None else flags)]
+    if found:
+        return "bf16", f"auto: the CPU has {' and '.join(found)}"
+    return "fp32", "auto: the CPU has neither AMX nor AVX512_BF16"
 PAD_MULTIPLE = 32
 MASK_MODES = ("all", "largest", "with_finding")
 
@@ -67,12 +99,11 @@ class Analyzer:
     """Both shipped models, ready to analyse images; safe to call from several threads."""
 
     def __init__(self, unet: ModelBundle, frcnn: ModelBundle, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
+        #: What runs (fp32 or bf16; ``auto`` resolved by :func:`resolve_precision`), and why.
+        self.precision, self.precision_reason = resolve_precision(precision)
         self.unet_bundle = unet
         self.frcnn_bundle = frcnn
-        policy = keras.DTypePolicy(PRECISIONS[precision])
+        policy = keras.DTypePolicy(PRECISIONS[self.precision])
         # Both networks in their inference form: batch normalisation folded into the
         # convolutions (mammo_scp.models.fold), built from the trained form.
         unet_config = UNetConfig(**unet.config)
