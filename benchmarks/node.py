@@ -1,6 +1,7 @@
 """Study latency, model time, memory and responsiveness of `mammo-scp serve`, in one run.
 
-For each of N four-view studies (real mini-MIAS images, 1024 x 1024 at 0.2 mm, fresh UIDs):
+For each of N four-view studies (real mini-MIAS images, 1024 x 1024 at 0.2 mm, or with
+``--full-field`` phantoms of 4096 x 3328 at 0.07 mm, 14-bit; fresh UIDs for each):
 storescu sends it to the node; latency runs from the last instance acknowledged to the
 last result acknowledged by the destination (dcmtk storescp). Then N more studies the
 same way while C-ECHO probes the node every 50 ms. In the same run:
@@ -14,7 +15,7 @@ The latency is given for both halves: on a 2-core machine the prober's 20 associ
 second take CPU from the models (one run on 2026-12-02: the analyze stage 377 ms alone,
 453 ms probed), which is not the node's own work, though a site's traffic does the same.
 
-    python benchmarks/node.py [--studies 10] [--precision fp32|bf16] [--gap-s S]
+    python benchmarks/node.py [--studies 10] [--precision fp32|bf16] [--full-field] [--gap-s S]
 
 Targets (issue #6): latency <= 1.15 x model time; a 4-view study end to end <= 4 s on
 2 cores; RSS <= 2.5 GiB; C-ECHO p99 <= 100 ms.
@@ -43,7 +44,7 @@ from mammo_scp.db import Database  # noqa: E402
 from mammo_scp.jobs.models import Delivery, Job, Study  # noqa: E402
 from mammo_scp.jobs.states import JobState  # noqa: E402
 from tests.support.load import Echoes, percentile  # noqa: E402
-from tests.support.mg import FOUR_VIEWS  # noqa: E402
+from tests.support.mg import FOUR_VIEWS, add_mass, breast_phantom, make_mg  # noqa: E402
 from tests.support.mias import mias_dataset  # noqa: E402
 from tests.support.peers import (  # noqa: E402
     DCMTK_BIN,
@@ -56,6 +57,39 @@ from tests.support.peers import (  # noqa: E402
 
 WOMEN = [("mdb009", "mdb010"), ("mdb011", "mdb012"), ("mdb013", "mdb014"),
          ("mdb017", "mdb018"), ("mdb019", "mdb020")]
+
+
+def full_field_views(directory: Path) -> list[Path]:
+    """Four full-field views (4096 x 3328 at 0.07 mm, 14-bit, windowed, as a unit sends For
+    Presentation images), phantoms with a mass in each right breast."""
+    directory.mkdir(parents=True)
+    study_uid = generate_uid()
+    paths = []
+    for n, (laterality, view) in enumerate(FOUR_VIEWS, start=1):
+        pixels = breast_phantom(4096, 3328, laterality, seed=n, bits=14)
+        if laterality == "R":
+            pixels = add_mass(pixels, (2000, 900), 110)
+        ds = make_mg(laterality, view, study_uid=study_uid, pixels=pixels, bits_stored=14,
+                     spacing_mm=0.07, instance_number=n)
+        ds.WindowCenter, ds.WindowWidth = 8192, 16384
+        path = directory / f"{laterality}{view}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def copy_study(views: list[Path], directory: Path) -> list[Path]:
+    """The same pixels under new UIDs: each study is new to the node."""
+    directory.mkdir(parents=True)
+    study_uid = generate_uid()
+    out = []
+    for path in views:
+        ds = dcmread(path)
+        ds.StudyInstanceUID = study_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(directory / path.name, enforce_file_format=True)
+        out.append(directory / path.name)
+    return out
 
 
 def write_study(directory: Path, index: int) -> list[Path]:
@@ -163,6 +197,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--full-field", action="store_true",
+                        help="full-field phantom studies (4096 x 3328, 14-bit) instead of "
+                             "mini-MIAS")
     parser.add_argument("--gap-s", type=float, default=None,
                         help="send the views one at a time, this many seconds apart, as a "
                              "unit sends them while it takes them (default: all four at once)")
@@ -170,7 +207,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         half = args.studies
-        studies = [write_study(tmp / f"study{n}", n) for n in range(2 * half)]
+        if args.full_field:
+            views = full_field_views(tmp / "views")
+            studies = [copy_study(views, tmp / f"study{n}") for n in range(2 * half)]
+        else:
+            studies = [write_study(tmp / f"study{n}", n) for n in range(2 * half)]
         pacs = StoreSCP(tmp / "pacs", free_port()).start()
         port = free_port()
         url = f"sqlite:///{tmp / 'node.db'}"
@@ -200,7 +241,9 @@ def main() -> int:
 
     sent = ("the four views on one association" if args.gap_s is None else
             f"one view at a time, {args.gap_s:g} s apart")
-    print(f"studies: {half} four-view studies of 1024 x 1024 MIAS images "
+    images = ("4096 x 3328 full-field phantom images" if args.full_field
+              else "1024 x 1024 MIAS images")
+    print(f"studies: {half} four-view studies of {images} "
           f"({args.precision}), {sent}; then {half} more while C-ECHO probes the node")
     print(f"pure model time for the same four images: {model_ms:.0f} ms "
           f"(models load in {load_s:.1f} s)")
