@@ -276,8 +276,8 @@ def comprehensive_3d_sr(*, evidence: Sequence[Dataset], content: Dataset,
     """highdicom's Comprehensive 3D SR of ``content``, without its copy of the content tree.
 
     highdicom deep-copies the tree, parses the copy back into content items (kept only
-    for its ``content`` property) and searches it for references: about 50 ms for a
-    study with two findings, most of a report's build. The tree here was built by
+    for its ``content`` property) and searches it for references: about 40 ms of a
+    report's 70 for a study with two findings. The tree here was built by
     highdicom's own template classes, which check it as they build it. So the document
     is made around the root item alone, and then takes the tree itself: the attributes
     written are the same (a test compares the two), and every instance the tree

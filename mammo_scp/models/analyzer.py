@@ -24,6 +24,8 @@ from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+PAD_MULTIPLE = 32
+MASK_MODES = ("all", "largest", "with_finding")
 #: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -56,8 +58,6 @@ def resolve_precision(setting: str, flags: set[str] | None = None) -> tuple[str,
     if found:
         return "bf16", f"auto: the CPU has {' and '.join(found)}"
     return "fp32", "auto: the CPU has neither AMX nor AVX512_BF16"
-PAD_MULTIPLE = 32
-MASK_MODES = ("all", "largest", "with_finding")
 
 
 def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
