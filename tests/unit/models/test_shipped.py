@@ -8,12 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from pydicom.uid import generate_uid
 
 from mammo_scp.models.analyzer import Analyzer
+from mammo_scp.models.fold import fold_batch_norm
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
 from mammo_scp.models.store import INTENDED_USE, MODEL_NAMES, ModelStoreError, load_model
+from mammo_scp.models.unet import UNetConfig, build_unet
 from mammo_scp.pipeline import image_problem
 from mammo_scp.preprocess import preprocess_array
 from mammo_scp.results import ImageAnalysis
@@ -105,3 +110,35 @@ def test_warm_up_runs_a_study_s_steps_and_says_nothing(analyzer: Analyzer,
     ours = [r for r in caplog.records if r.name.startswith("mammo_scp")]
     assert not [r for r in ours if r.levelno >= logging.INFO], caplog.text
     assert logging.getLogger("mammo_scp.encode").level == logging.NOTSET
+
+
+def test_bf16_weights_are_held_in_bfloat16_with_the_same_outputs(models_dir, mass_image):
+    """In bf16 the networks hold their weights in bfloat16, instead of float32 cast on
+    every call (mixed_bfloat16): the outputs are the same bit for bit."""
+    bf16 = Analyzer.load(models_dir, precision="bf16")
+    for model in (bf16.unet, bf16.detector.backbone, bf16.detector.head):
+        for layer in model.layers:
+            # the output layers compute in float32 under either policy
+            held = "float32" if layer.dtype_policy.name == "float32" else "bfloat16"
+            assert all(str(w.dtype) == held for w in layer.weights), layer.name
+        assert sum(str(w.dtype) == "bfloat16" for w in model.weights) > 0
+    mixed = keras.DTypePolicy("mixed_bfloat16")
+    unet_config = UNetConfig(**bf16.unet_bundle.config)
+    trained_unet = build_unet(unet_config, dtype=mixed)
+    trained_unet.set_weights(bf16.unet_bundle.weights)
+    unet = build_unet(unet_config, dtype=mixed, fold_bn=True)
+    fold_batch_norm(trained_unet, unet)
+    trained = FasterRCNN(FRCNNConfig.from_dict(bf16.frcnn_bundle.config), dtype=mixed)
+    trained.set_weights(bf16.frcnn_bundle.weights)
+    detector = trained.for_inference()
+
+    pixels, _ = mass_image
+    image = preprocess_array(pixels, 0.2, model_spacing_mm=bf16.spacing_mm).image
+    x = tf.constant(image[None, :, :, None])
+    want = unet(x, training=False).numpy()
+    assert want.max() > 0.5  # the mass is there to compare
+    assert np.array_equal(bf16.unet(x, training=False).numpy(), want)
+    found, expected = bf16.detector.detect_one(x), detector.detect_one(x)
+    assert expected[0].shape[0] > 0
+    for got, wanted in zip(found, expected, strict=True):
+        assert np.array_equal(got.numpy(), wanted.numpy())
