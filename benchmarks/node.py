@@ -39,6 +39,7 @@ import sqlalchemy as sa  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
+from benchmarks.ingest import full_field_copy  # noqa: E402
 from mammo_scp.config import SHIPPED_MODELS  # noqa: E402
 from mammo_scp.db import Database  # noqa: E402
 from mammo_scp.jobs.models import Delivery, Job, Study  # noqa: E402
@@ -76,20 +77,6 @@ def full_field_views(directory: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def copy_study(views: list[Path], directory: Path) -> list[Path]:
-    """The same pixels under new UIDs: each study is new to the node."""
-    directory.mkdir(parents=True)
-    study_uid = generate_uid()
-    out = []
-    for path in views:
-        ds = dcmread(path)
-        ds.StudyInstanceUID = study_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(directory / path.name, enforce_file_format=True)
-        out.append(directory / path.name)
-    return out
 
 
 def write_study(directory: Path, index: int) -> list[Path]:
@@ -209,7 +196,7 @@ def main() -> int:
         half = args.studies
         if args.full_field:
             views = full_field_views(tmp / "views")
-            studies = [copy_study(views, tmp / f"study{n}") for n in range(2 * half)]
+            studies = [full_field_copy(views, tmp / f"study{n}") for n in range(2 * half)]
         else:
             studies = [write_study(tmp / f"study{n}", n) for n in range(2 * half)]
         pacs = StoreSCP(tmp / "pacs", free_port()).start()
