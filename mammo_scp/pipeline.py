@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -192,7 +193,7 @@ def analysis_to_json(analysis: ImageAnalysis) -> dict[str, Any]:
         "sop_instance_uid": analysis.sop_instance_uid,
         "segmenter": [analysis.segmenter.name, analysis.segmenter.version],
         "detector": [analysis.detector.name, analysis.detector.version],
-        "mask_pixels": int(analysis.mask.sum()),
+        "mask_pixels": int(np.count_nonzero(analysis.mask)),
         "findings": [{"box": [f.box.x0, f.box.y0, f.box.x1, f.box.y1], "score": f.score,
                       "p_malignant": f.p_malignant} for f in analysis.findings],
         "timings_ms": analysis.timings_ms,

@@ -196,5 +196,5 @@ def build_seg(source: Dataset, analysis: ImageAnalysis) -> Dataset | None:
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dimension_uid
     logger.info("built SEG %s for %s (%d mask pixels)", instance_uid, source.SOPInstanceUID,
-                int(analysis.mask.sum()))
+                int(np.count_nonzero(analysis.mask)))
     return seg
