@@ -23,7 +23,11 @@ from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+#: The Keras dtype policy of the inference networks of each precision. In bf16 the weights
+#: are held in bfloat16 too: under ``mixed_bfloat16`` Keras keeps them in float32 and casts
+#: each to bfloat16 on every call (~4 ms an image for the two networks here), the same
+#: rounding as holding them in bfloat16, which gives the same outputs bit for bit.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 PAD_MULTIPLE = 32
 MASK_MODES = ("all", "largest", "with_finding")
 #: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
@@ -105,17 +109,15 @@ class Analyzer:
         self.frcnn_bundle = frcnn
         policy = keras.DTypePolicy(PRECISIONS[self.precision])
         # Both networks in their inference form: batch normalisation folded into the
-        # convolutions (mammo_scp.models.fold), built from the trained form.
+        # convolutions (mammo_scp.models.fold), from the trained form in float32.
         unet_config = UNetConfig(**unet.config)
-        trained_unet = build_unet(unet_config, dtype=policy)
+        trained_unet = build_unet(unet_config)
         trained_unet.set_weights(unet.weights)
         self.unet = build_unet(unet_config, dtype=policy, fold_bn=True)
         fold_batch_norm(trained_unet, self.unet)
-        trained_detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config), dtype=policy)
+        trained_detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config))
         trained_detector.set_weights(frcnn.weights)
-        self.detector = trained_detector.for_inference()
-        if self.precision == "bf16":
-            self.unet, self.detector = self._stored_in_bfloat16(unet_config, self.detector)
+        self.detector = trained_detector.for_inference(dtype=policy)
         self.spacing_mm = unet.spacing_mm
         self.detector_spacing_mm = frcnn.spacing_mm
         self.mask_threshold = float(unet.thresholds.get("mask", 0.5))
@@ -129,22 +131,6 @@ class Analyzer:
                                     input_signature=[tf.TensorSpec([1, None, None, 1])])
         self.segmenter_info = ModelInfo(unet.name, unet.version)
         self.detector_info = ModelInfo(frcnn.name, frcnn.version)
-
-    def _stored_in_bfloat16(self, unet_config: UNetConfig, detector: FasterRCNN
-                            ) -> tuple[keras.Model, FasterRCNN]:
-        """The bf16 networks with their weights held in bfloat16.
-
-        Under ``mixed_bfloat16`` Keras keeps every weight in float32 and casts it to
-        bfloat16 on every call: ~4 ms an image for the two networks here. Held in
-        bfloat16 (rounded once, as each cast rounds them), they give the same outputs bit
-        for bit and skip the casts.
-        """
-        policy = keras.DTypePolicy("bfloat16")
-        unet = build_unet(unet_config, dtype=policy, fold_bn=True)
-        unet.set_weights(self.unet.get_weights())
-        stored = FasterRCNN(detector.cfg, dtype=policy, fold_bn=True)
-        stored.set_weights(detector.get_weights())
-        return unet, stored
 
     @classmethod
     def load(cls, models_dir: Path, precision: str = "fp32") -> Analyzer:

@@ -250,10 +250,11 @@ class FasterRCNN:
         self.head = build_head(cfg, channels, dtype)
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def for_inference(self) -> FasterRCNN:
+    def for_inference(self, dtype: Any = None) -> FasterRCNN:
         """The same network with batch normalisation folded into its convolutions (faster;
-        inference only: :mod:`mammo_scp.models.fold`)."""
-        folded = FasterRCNN(self.cfg, dtype=self.dtype, fold_bn=True)
+        inference only: :mod:`mammo_scp.models.fold`), in ``dtype`` (default: this one's)."""
+        folded = FasterRCNN(self.cfg, dtype=self.dtype if dtype is None else dtype,
+                            fold_bn=True)
         fold_batch_norm(self.backbone, folded.backbone)
         folded.head.set_weights(self.head.get_weights())
         return folded
