@@ -98,7 +98,7 @@ def stage_breakdown(db: Database, skip: int, until: int) -> dict[str, float]:
     completion rule and a worker, each pipeline stage, writing the results (files and
     database), and delivery."""
     steps: dict[str, list[float]] = {}
-    with db.session() as session:
+    with db.read_session() as session:
         jobs = session.scalars(sa.select(Job).order_by(Job.id)).all()[skip:until]
         for job in jobs:
             events = job.events
@@ -167,7 +167,7 @@ def send_and_wait(files: list[Path], port: int, db: Database, gap_s: float | Non
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
     def finished() -> datetime | None:
-        with db.session() as session:
+        with db.read_session() as session:
             job = session.scalars(
                 sa.select(Job).join(Study).where(Study.study_uid == study_uid)).first()
             if job is None or job.state not in (JobState.DONE, JobState.DEAD_LETTER):

@@ -88,7 +88,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     db = _database(_settings(args))
-    with db.session() as session:
+    with db.read_session() as session:
         query = sa.select(Job).order_by(Job.id)
         if args.state:
             query = query.where(Job.state == JobState(args.state))
@@ -105,7 +105,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     db = _database(_settings(args))
-    with db.session() as session:
+    with db.read_session() as session:
         job = session.get(Job, args.job_id)
         if job is None:
             print(f"error: no job with id {args.job_id}", file=sys.stderr)
@@ -164,7 +164,7 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
     db = _database(_settings(args))
-    with db.session() as session:
+    with db.read_session() as session:
         rows = []
         for study in session.scalars(sa.select(Study).order_by(Study.id)):
             rows.append({
@@ -213,7 +213,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     settings = _settings(args)
     db = _database(settings)
     spool = Spool(settings.spool)
-    with db.session() as session:
+    with db.read_session() as session:
         job = session.get(Job, args.job_id)
         if job is None:
             print(f"error: no job with id {args.job_id}", file=sys.stderr)

@@ -52,20 +52,29 @@ def ready_trigger(views: list[tuple[str | None, str | None]], last_received_at: 
 
 
 def queue_ready_studies(db: Database, quiet_period_s: float) -> list[int]:
-    """Create a job for every study that is ready; return the new job ids."""
-    with db.session() as session:
+    """Create a job for every study that is ready; return the new job ids.
+
+    The look is a read (no write lock while studies wait for their views or their quiet
+    period); a study that looks ready is decided again under its lock."""
+    with db.read_session() as session:
         rows = session.execute(
             sa.select(Instance.study_id, Instance.laterality, Instance.view,
-                      Instance.sop_class_uid)
+                      Instance.sop_class_uid, Study.last_received_at)
+            .join(Study, Study.id == Instance.study_id)
             .where(Instance.job_id.is_(None))
         ).all()
     views: dict[int, list[tuple[str | None, str | None]]] = defaultdict(list)
-    for study_id, laterality, view, sop_class in rows:
+    last_received: dict[int, datetime] = {}
+    for study_id, laterality, view, sop_class, last_received_at in rows:
         processable = sop_class == SopClass.MG_FOR_PRESENTATION
         views[study_id].append((laterality, view) if processable else (None, None))
+        last_received[study_id] = last_received_at
 
     created = []
+    now = utcnow()
     for study_id, study_views in views.items():
+        if ready_trigger(study_views, last_received[study_id], now, quiet_period_s) is None:
+            continue
         job_id = _queue_if_ready(db, study_id, study_views, quiet_period_s)
         if job_id is not None:
             created.append(job_id)

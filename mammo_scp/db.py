@@ -1,9 +1,11 @@
 """The database: one engine per process, sessions from one factory, Alembic upgrades.
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so a
-committed row survives ``kill -9`` and power loss, and every transaction starts
-with ``BEGIN IMMEDIATE`` so two processes never race on a stale snapshot.
-PostgreSQL is used as is; workers claim rows with ``FOR UPDATE SKIP LOCKED``.
+committed row survives ``kill -9`` and power loss, and every transaction that may
+write starts with ``BEGIN IMMEDIATE`` so two processes never race on a stale
+snapshot. Reads that never write (polls, the status page, metrics, the CLI's lists)
+use :meth:`Database.read_session` instead, which does not take SQLite's one write
+lock. PostgreSQL is used as is; workers claim rows with ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: sa.Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+#: Execution option of the engine behind :meth:`Database.read_session`.
+READ_ONLY_OPTION = "mammo_read_only"
+
+
+def _read_only(conn: sa.Connection) -> bool:
+    return bool(conn.get_execution_options().get(READ_ONLY_OPTION))
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    """``BEGIN IMMEDIATE``, or for a read session a deferred ``BEGIN`` on a query-only
+    connection: in WAL mode it reads a snapshot without the write lock, and any write in
+    it fails at once instead of racing on that snapshot."""
+    read_only = _read_only(conn)
+    info = conn.connection.info  # lives as long as the DBAPI connection, across the pool
+    if info.get("query_only", False) != read_only:
+        conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+        info["query_only"] = read_only
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _postgres_begin(conn: sa.Connection) -> None:
+    """A read session's transaction is READ ONLY: a write in it fails at once."""
+    if _read_only(conn):
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def make_engine(url: str) -> Engine:
@@ -52,12 +76,14 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine, "begin", _sqlite_begin_immediate)
+        sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url, pool_pre_ping=True, pool_size=10, max_overflow=20,
         connect_args={"connect_timeout": 10},
     )
+    sa.event.listen(engine, "begin", _postgres_begin)
+    return engine
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -71,11 +97,24 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session that only reads: it never waits for a writer nor makes one wait
+        (SQLite's write lock is not taken), and a write in it raises at once.
+
+        For reads whose result is not acted on in the same transaction: a poll that
+        finds work takes a :meth:`session` and looks again under its locks.
+        """
+        with self._read_sessions() as session, session.begin():
             yield session
 
     def ping(self) -> None:

@@ -82,7 +82,7 @@ class _QueueCollector(Collector):
                                     "Received instances no job has taken yet")
         depth = GaugeMetricFamily("mammo_queue_depth", "Jobs queued or running")
         try:
-            with self.db.session() as session:
+            with self.db.read_session() as session:
                 job_counts = dict(session.execute(
                     sa.select(Job.state, sa.func.count()).group_by(Job.state)).all())
                 delivery_counts = dict(session.execute(
@@ -185,7 +185,7 @@ def status_page(state: NodeState, recent: int = 50) -> str:
     """The admin's read-only view: queue, recent jobs with timings, errors, destinations."""
     settings = state.settings
     since = utcnow() - timedelta(days=1)
-    with state.db.session() as session:
+    with state.db.read_session() as session:
         counts = dict(session.execute(
             sa.select(Job.state, sa.func.count()).group_by(Job.state)).all())
         waiting = session.scalar(sa.select(sa.func.count()).select_from(Instance)

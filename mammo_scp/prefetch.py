@@ -105,7 +105,7 @@ class Prefetcher:
         """Received 2D For Presentation images no job has taken, oldest first, that are
         neither kept nor tried already."""
         self._drop_taken(db)
-        with db.session() as session:
+        with db.read_session() as session:
             rows = session.execute(
                 sa.select(Instance.sop_instance_uid, Instance.path)
                 .where(Instance.job_id.is_(None), Instance.status == InstanceStatus.RECEIVED,
@@ -159,7 +159,7 @@ class Prefetcher:
             remembered = list(self._tried | set(self._kept))
         if not remembered:
             return
-        with db.session() as session:
+        with db.read_session() as session:
             taken = set(session.scalars(
                 sa.select(Instance.sop_instance_uid)
                 .where(Instance.sop_instance_uid.in_(remembered), Instance.job_id.is_not(None))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -106,6 +106,10 @@ def create_job(session: Session, study: Study, trigger: CompletionTrigger,
 
 def claim_next_job(db: Database, worker: str, lease_s: float) -> int | None:
     """Take the oldest queued job for ``worker``; None when the queue is empty."""
+    with db.read_session() as session:  # the idle poll takes no write lock
+        if session.scalar(sa.select(Job.id).where(Job.state == JobState.QUEUED).limit(1)) \
+                is None:
+            return None
     with db.session() as session:
         job = session.scalars(
             sa.select(Job)
@@ -151,6 +155,12 @@ def lock_owned_job(session: Session, job_id: int, worker: str) -> Job | None:
     return job
 
 
+def _abandoned(worker: str | None, lease_expires_at: datetime | None, now: datetime) -> bool:
+    """A job or delivery whose lease expired, or whose worker process is gone from here."""
+    expired = lease_expires_at is not None and lease_expires_at < now
+    return expired or _worker_is_dead_here(worker)
+
+
 def recover_abandoned(db: Database, max_attempts: int) -> int:
     """Re-queue running jobs whose worker died (lease expired, or its process is gone on this host).
 
@@ -158,6 +168,13 @@ def recover_abandoned(db: Database, max_attempts: int) -> int:
     that kills its worker cannot stop the queue forever.
     """
     now = utcnow()
+    with db.read_session() as session:  # the usual answer, none, takes no write lock
+        holders = session.execute(
+            sa.select(Job.worker, Job.lease_expires_at).where(Job.state == JobState.RUNNING)
+            .union_all(sa.select(Delivery.worker, Delivery.lease_expires_at)
+                       .where(Delivery.state == DeliveryState.SENDING))).all()
+    if not any(_abandoned(worker, lease, now) for worker, lease in holders):
+        return 0
     recovered = 0
     with db.session() as session:
         running = session.scalars(
@@ -166,10 +183,9 @@ def recover_abandoned(db: Database, max_attempts: int) -> int:
             .with_for_update(skip_locked=True)
         ).all()
         for job in running:
-            expired = job.lease_expires_at is not None and job.lease_expires_at < now
-            dead = _worker_is_dead_here(job.worker)
-            if not (expired or dead):
+            if not _abandoned(job.worker, job.lease_expires_at, now):
                 continue
+            dead = _worker_is_dead_here(job.worker)
             why = "its worker process is gone" if dead else "its worker's lease expired"
             if job.attempts >= max_attempts:
                 job.error = f"abandoned {job.attempts} times: {why}"
@@ -185,8 +201,7 @@ def recover_abandoned(db: Database, max_attempts: int) -> int:
             .with_for_update(skip_locked=True)
         ).all()
         for delivery in sending:
-            expired = delivery.lease_expires_at is not None and delivery.lease_expires_at < now
-            if expired or _worker_is_dead_here(delivery.worker):
+            if _abandoned(delivery.worker, delivery.lease_expires_at, now):
                 delivery.state = DeliveryState.PENDING
                 delivery.worker = None
                 delivery.next_attempt_at = now

@@ -48,10 +48,14 @@ def backoff_s(settings: Settings, attempts: int) -> float:
 def _claim_due(db: Database, spool: Spool, worker: str, settings: Settings,
                limit: int) -> list[_Claimed]:
     now = utcnow()
+    due = sa.and_(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+    with db.read_session() as session:  # the idle poll takes no write lock
+        if session.scalar(sa.select(Delivery.id).where(due).limit(1)) is None:
+            return []
     with db.session() as session:
         rows = session.scalars(
             sa.select(Delivery)
-            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+            .where(due)
             .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -229,7 +229,7 @@ class Ingestor:
         return StoreStatus.SUCCESS
 
     def _already_stored(self, sop_uid: str) -> bool:
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             found = session.scalar(
                 sa.select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
             )

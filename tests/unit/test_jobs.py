@@ -1,8 +1,14 @@
-"""Job states, claims, recovery and retry, against SQLite and PostgreSQL."""
+"""Job states, claims, recovery and retry, and the read sessions that polls use, against
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -146,3 +152,66 @@ def test_retry_refuses_running_jobs(db: Database) -> None:
         retry_job(db, job_id)
     with pytest.raises(LookupError):
         retry_job(db, 999)
+
+
+# -- read sessions: what polls and status pages do to SQLite's one write lock ----------------
+
+@contextmanager
+def _writer_holding(url: str) -> Iterator[threading.Event]:
+    """Another connection holds an open write transaction (SQLite: the write lock) until
+    the block ends; yields the event that releases it."""
+    other = Database(url)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with other.session() as session:
+            session.add(Study(study_uid="held", first_received_at=utcnow(),
+                              last_received_at=utcnow()))
+            session.flush()  # SQLite: the write lock is held from here
+            holding.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert holding.wait(30)
+    try:
+        yield release
+    finally:
+        release.set()
+        thread.join(60)
+        other.dispose()
+
+
+def test_read_session_refuses_writes(db: Database) -> None:
+    with pytest.raises(sa.exc.DBAPIError, match="(?i)read.?only"), db.read_session() as session:
+        session.add(Study(study_uid="8.1", first_received_at=utcnow(),
+                          last_received_at=utcnow()))
+        session.flush()
+    # The pooled connection writes again in an ordinary session.
+    _add_instances(db, "8.2", FOUR[:1])
+    with db.read_session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 1
+
+
+def test_reads_and_idle_polls_do_not_wait_for_a_writer(db: Database, database_url: str,
+                                                       tmp_path: Path) -> None:
+    """A study waiting for its quiet period, an empty queue, nothing to deliver or recover:
+    while another connection writes, every poll answers at once (on SQLite they used to
+    wait for the write lock, up to the 30 s busy timeout)."""
+    from mammo_scp.config import Settings
+    from mammo_scp.send.delivery import deliver_due
+    from mammo_scp.store.spool import Spool
+
+    _add_instances(db, "9.1", FOUR[:2])
+    settings = Settings(data_dir=tmp_path)
+    with _writer_holding(database_url) as release:
+        started = time.monotonic()
+        assert queue_ready_studies(db, quiet_period_s=30) == []
+        assert claim_next_job(db, "w", 60) is None
+        assert recover_abandoned(db, max_attempts=3) == 0
+        assert deliver_due(db, Spool(tmp_path / "spool"), settings, "w") == 0
+        with db.read_session() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 2
+        answered_while_held = not release.is_set()
+        elapsed = time.monotonic() - started
+    assert answered_while_held and elapsed < 10, f"{elapsed:.1f} s"
