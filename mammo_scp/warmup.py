@@ -72,7 +72,7 @@ def synthetic_mammogram() -> Dataset:
 
 def warm_up(analyzer: Analyzer) -> None:
     """Run :func:`synthetic_mammogram` through analysis, both encoders and the writer."""
-    from mammo_scp.encode import build_measurement_report, build_seg
+    from mammo_scp.encode import build_measurement_report, build_seg, save_result
 
     source = synthetic_mammogram()
     analysis = analyzer.analyze(source)
@@ -90,7 +90,7 @@ def warm_up(analyzer: Analyzer) -> None:
     finally:
         encode_log.setLevel(level)
     for result in (*segs, report):
-        result.save_as(io.BytesIO(), enforce_file_format=True)
+        save_result(result, io.BytesIO())
 
 
 __all__ = ["synthetic_mammogram", "warm_up"]

@@ -105,6 +105,8 @@ class JobRunner:
             transition(session, job, JobState.FAILED, error, worker)
 
     def _finish(self, ctx: JobContext, worker: str) -> None:
+        from mammo_scp.encode import save_result
+
         written: list[tuple[str, str, str, Path]] = []
         for result in ctx.results:
             ds = result.dataset
@@ -112,7 +114,7 @@ class JobRunner:
             path = self.spool.result_path(ctx.job_id, uid)
             tmp = path.with_suffix(".tmp")
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            ds.save_as(tmp, enforce_file_format=True)
+            save_result(ds, tmp)
             self.spool.commit(tmp, path)
             written.append((uid, str(ds.SOPClassUID), result.kind, path))
         for name, content in ctx.artifacts.items():

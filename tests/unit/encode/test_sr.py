@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
 
-from mammo_scp.encode import build_measurement_report, build_seg, codes
+from mammo_scp.encode import build_cad_sr, build_measurement_report, build_seg, codes, save_result
 from mammo_scp.encode import sr as sr_module
 from mammo_scp.encode.sr import SERIES_DESCRIPTION
 from mammo_scp.encode.uids import SeriesNumber
@@ -312,3 +314,32 @@ def test_report_refuses_a_reference_outside_its_evidence(
         real(evidence=sources[1:], content=content, series_instance_uid=generate_uid(),
             series_number=1, sop_instance_uid=generate_uid(), instance_number=1,
             manufacturer="x")
+
+
+@pytest.mark.parametrize("source_syntax", [None, ImplicitVRLittleEndian])
+def test_save_result_writes_what_pydicom_writes(source_syntax: UID | None) -> None:
+    """save_result (VR correction once for the whole tree) writes the same bytes as
+    pydicom's save_as, for the report, the SEGs and the CAD SR, also when the sources
+    were read from implicit VR files and the copied identity (a sequence too) is raw."""
+    sources, analyses, segs = _study()
+    if source_syntax is not None:
+        read = []
+        for source in sources:
+            other_id = Dataset()
+            other_id.PatientID, other_id.IssuerOfPatientID = "B-7", "HOSP-B"
+            source.OtherPatientIDsSequence = [other_id]
+            buffer = BytesIO()
+            source.file_meta.TransferSyntaxUID = source_syntax
+            source.save_as(buffer, enforce_file_format=True)
+            read.append(dcmread(BytesIO(buffer.getvalue())))
+        sources = read
+        segs = [seg for seg in (build_seg(s, a) for s, a in zip(sources, analyses, strict=True))
+                if seg is not None]
+    results = [*segs, build_measurement_report(sources, analyses, segs),
+               build_cad_sr(sources, analyses)]
+    for result in results:
+        expected = BytesIO()
+        deepcopy(result).save_as(expected, enforce_file_format=True)
+        written = BytesIO()
+        save_result(result, written)
+        assert written.getvalue() == expected.getvalue(), result.Modality
