@@ -3,7 +3,8 @@
 storescu sends the same full-field 4-view study (3328 x 4096, 16-bit, ~27 MB an image)
 to `mammo-scp serve` (durable writes: fsync + rename + committed row before Success;
 workers = 0 so only ingest is measured) and to `storescp` writing to disk, alternating
-for several rounds. Prints MB/s per round and the median ratio node / storescp.
+for several rounds (the order alternating, the page cache synced before each send).
+Prints MB/s per round and the median ratio node / storescp.
 
     python benchmarks/ingest.py [--rounds 5]
 """
@@ -11,6 +12,7 @@ for several rounds. Prints MB/s per round and the median ratio node / storescp.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -87,8 +89,16 @@ def main() -> int:
                 # The node acknowledges a duplicate without writing it again, so every
                 # round sends the same pixels under new UIDs.
                 fresh = full_field_copy(files, tmp / f"round{round_}")
-                t_node = send(port, "MAMMO_SCP", fresh)
-                t_ref = send(reference.port, "STORESCP", fresh)
+                # Each receiver starts with nothing dirty in the page cache, so the node's
+                # fsyncs do not also wait for the writeback of the copies just made or of
+                # what storescp wrote; and the order alternates between rounds.
+                order = ["node", "ref"] if round_ % 2 == 0 else ["ref", "node"]
+                seconds = {}
+                for who in order:
+                    os.sync()
+                    seconds[who] = (send(port, "MAMMO_SCP", fresh) if who == "node"
+                                    else send(reference.port, "STORESCP", fresh))
+                t_node, t_ref = seconds["node"], seconds["ref"]
                 ratio = t_ref / t_node
                 ratios.append(ratio)
                 print(f"round {round_ + 1}: node {megabytes / t_node:7.1f} MB/s   "
