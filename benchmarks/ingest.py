@@ -2,9 +2,9 @@
 
 storescu sends the same full-field 4-view study (3328 x 4096, 16-bit, ~27 MB an image)
 to `mammo-scp serve` (durable writes: fsync + rename + committed row before Success;
-workers = 0 so only ingest is measured) and to `storescp` writing to disk, alternating
-for several rounds (the order alternating, the page cache synced before each send).
-Prints MB/s per round and the median ratio node / storescp.
+workers = 0 so only ingest is measured) and to `storescp` writing to disk, for several
+rounds, the order alternating and the page cache synced before each send. Prints MB/s
+per round and the median ratio node / storescp.
 
     python benchmarks/ingest.py [--rounds 5]
 """
@@ -83,6 +83,7 @@ def main() -> int:
         node.wait_listening(port, "MAMMO_SCP")
         reference = StoreSCP(tmp / "storescp", free_port(), "STORESCP", "--max-pdu",
                              str(PDU)).start()
+        receivers = [(port, "MAMMO_SCP"), (reference.port, "STORESCP")]
         ratios = []
         try:
             for round_ in range(args.rounds):
@@ -92,13 +93,12 @@ def main() -> int:
                 # Each receiver starts with nothing dirty in the page cache, so the node's
                 # fsyncs do not also wait for the writeback of the copies just made or of
                 # what storescp wrote; and the order alternates between rounds.
-                order = ["node", "ref"] if round_ % 2 == 0 else ["ref", "node"]
+                order = receivers if round_ % 2 == 0 else receivers[::-1]
                 seconds = {}
-                for who in order:
+                for receiver_port, aet in order:
                     os.sync()
-                    seconds[who] = (send(port, "MAMMO_SCP", fresh) if who == "node"
-                                    else send(reference.port, "STORESCP", fresh))
-                t_node, t_ref = seconds["node"], seconds["ref"]
+                    seconds[aet] = send(receiver_port, aet, fresh)
+                t_node, t_ref = seconds["MAMMO_SCP"], seconds["STORESCP"]
                 ratio = t_ref / t_node
                 ratios.append(ratio)
                 print(f"round {round_ + 1}: node {megabytes / t_node:7.1f} MB/s   "
