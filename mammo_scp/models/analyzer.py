@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 #: rounding as holding them in bfloat16, which gives the same outputs bit for bit.
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 PAD_MULTIPLE = 32
+#: The IoU at which two member detectors' boxes count as one finding (an ensemble's fusion).
+FUSION_IOU = 0.3
 MASK_MODES = ("all", "largest", "with_finding")
 #: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -99,6 +101,59 @@ class Detections:
     p_malignant: np.ndarray
 
 
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9))
+
+
+def fuse_detections(members: list[Detections], iou: float = 0.3) -> Detections:
+    """One set of findings from several detectors' (weighted box fusion).
+
+    Boxes are taken in descending score; each joins the group whose fused box it overlaps
+    most (IoU >= ``iou``), unless that group already holds a box of the same detector, else
+    starts a group. A group's score is the sum of its scores over the number of detectors, so
+    a mass all of them see keeps its score and one seen by a single detector is divided by
+    their number; its box and malignancy are the score-weighted means of its members'.
+    """
+    n = len(members)
+    items = sorted(((float(s), k, b, float(p)) for k, d in enumerate(members)
+                    for b, s, p in zip(d.boxes, d.scores, d.p_malignant, strict=True)),
+                   key=lambda item: (-item[0], item[1]))
+    groups: list[list[tuple[float, int, np.ndarray, float]]] = []
+    fused: list[np.ndarray] = []
+    for item in items:
+        score, member, box, _ = item
+        best, best_iou = -1, iou
+        if fused:
+            overlaps = _iou(box, np.asarray(fused))
+            for g in np.argsort(-overlaps, kind="stable"):
+                if overlaps[g] < best_iou:
+                    break
+                if all(m != member for _, m, _, _ in groups[g]):
+                    best = int(g)
+                    break
+        if best < 0:
+            groups.append([item])
+            fused.append(np.asarray(box, np.float64))
+        else:
+            groups[best].append(item)
+            weights = np.array([s for s, _, _, _ in groups[best]])
+            fused[best] = (weights[:, None] * np.array([b for _, _, b, _ in groups[best]])
+                           ).sum(axis=0) / max(weights.sum(), 1e-12)
+    scores = np.array([sum(s for s, _, _, _ in g) / n for g in groups])
+    p_mal = np.array([sum(s * p for s, _, _, p in g) / max(sum(s for s, _, _, _ in g), 1e-12)
+                      for g in groups])
+    order = np.argsort(-scores, kind="stable")
+    boxes = np.asarray(fused, np.float64).reshape(-1, 4)[order]
+    return Detections(boxes, scores[order], p_mal[order])
+
+
 class Analyzer:
     """Both shipped models, ready to analyse images; safe to call from several threads."""
 
@@ -108,16 +163,23 @@ class Analyzer:
         self.unet_bundle = unet
         self.frcnn_bundle = frcnn
         policy = keras.DTypePolicy(PRECISIONS[self.precision])
-        # Both networks in their inference form: batch normalisation folded into the
+        # Each member network in its inference form: batch normalisation folded into the
         # convolutions (mammo_scp.models.fold), from the trained form in float32.
         unet_config = UNetConfig(**unet.config)
-        trained_unet = build_unet(unet_config)
-        trained_unet.set_weights(unet.weights)
-        self.unet = build_unet(unet_config, dtype=policy, fold_bn=True)
-        fold_batch_norm(trained_unet, self.unet)
-        trained_detector = FasterRCNN(FRCNNConfig.from_dict(frcnn.config))
-        trained_detector.set_weights(frcnn.weights)
-        self.detector = trained_detector.for_inference(dtype=policy)
+        self.unets = []
+        for weights in unet.members:
+            trained_unet = build_unet(unet_config)
+            trained_unet.set_weights(weights)
+            folded = build_unet(unet_config, dtype=policy, fold_bn=True)
+            fold_batch_norm(trained_unet, folded)
+            self.unets.append(folded)
+        detector_config = FRCNNConfig.from_dict(frcnn.config)
+        self.detectors = []
+        for weights in frcnn.members:
+            trained_detector = FasterRCNN(detector_config)
+            trained_detector.set_weights(weights)
+            self.detectors.append(trained_detector.for_inference(dtype=policy))
+        self.unet, self.detector = self.unets[0], self.detectors[0]
         self.spacing_mm = unet.spacing_mm
         self.detector_spacing_mm = frcnn.spacing_mm
         self.mask_threshold = float(unet.thresholds.get("mask", 0.5))
@@ -127,8 +189,10 @@ class Analyzer:
         self.mask_tta = bool(unet.thresholds.get("tta_vflip", 0.0))
         self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5))
         self._lock = threading.Lock()
-        self._unet_fn = tf.function(lambda x: self.unet(x, training=False),
-                                    input_signature=[tf.TensorSpec([1, None, None, 1])])
+        self.fusion_iou = float(frcnn.thresholds.get("fusion_iou", FUSION_IOU))
+        self._unet_fns = [tf.function(lambda x, net=net: net(x, training=False),
+                                      input_signature=[tf.TensorSpec([1, None, None, 1])])
+                          for net in self.unets]
         self.segmenter_info = ModelInfo(unet.name, unet.version)
         self.detector_info = ModelInfo(frcnn.name, frcnn.version)
 
@@ -141,24 +205,34 @@ class Analyzer:
     # -- model calls ----------------------------------------------------------------------------
 
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """U-Net probability map (H, W) for a model-space image (mirror-averaged if so set)."""
+        """U-Net probability map (H, W) for a model-space image: the mean of the members'
+        maps (each mirror-averaged if so set)."""
+        x = tf.constant(image[None, :, :, None], tf.float32)
+        if self.mask_tta:
+            mirrored = tf.constant(np.ascontiguousarray(image[::-1])[None, :, :, None],
+                                   tf.float32)
+        maps = []
         with self._lock:
-            out = self._unet_fn(tf.constant(image[None, :, :, None], tf.float32))
-            prob = np.asarray(out, dtype=np.float32)[0, :, :, 0]
-            if self.mask_tta:
-                mirrored = np.ascontiguousarray(image[::-1])
-                out = self._unet_fn(tf.constant(mirrored[None, :, :, None], tf.float32))
-                prob = (prob + np.asarray(out, dtype=np.float32)[0, ::-1, :, 0]) / 2.0
-        return prob
+            for unet_fn in self._unet_fns:
+                prob = np.asarray(unet_fn(x), dtype=np.float32)[0, :, :, 0]
+                if self.mask_tta:
+                    flipped = np.asarray(unet_fn(mirrored), dtype=np.float32)[0, ::-1, :, 0]
+                    prob = (prob + flipped) / 2.0
+                maps.append(prob)
+        return maps[0] if len(maps) == 1 else np.asarray(np.mean(maps, axis=0), np.float32)
 
     def detect(self, image: np.ndarray) -> Detections:
-        """Detector boxes, mass scores and malignancy probabilities in model pixels."""
+        """Detector boxes, mass scores and malignancy probabilities in model pixels; the
+        members' findings fused (:func:`fuse_detections`) where there are several."""
+        x = tf.constant(image[None, :, :, None], tf.float32)
+        found = []
         with self._lock:
-            boxes, scores, p_mal = self.detector.detect_one(
-                tf.constant(image[None, :, :, None], tf.float32))
-        return Detections(np.asarray(boxes, np.float64).reshape(-1, 4),
-                          np.asarray(scores, np.float64).reshape(-1),
-                          np.asarray(p_mal, np.float64).reshape(-1))
+            for detector in self.detectors:
+                boxes, scores, p_mal = detector.detect_one(x)
+                found.append(Detections(np.asarray(boxes, np.float64).reshape(-1, 4),
+                                        np.asarray(scores, np.float64).reshape(-1),
+                                        np.asarray(p_mal, np.float64).reshape(-1)))
+        return found[0] if len(found) == 1 else fuse_detections(found, self.fusion_iou)
 
     # -- whole images ---------------------------------------------------------------------------
 
@@ -227,4 +301,4 @@ class Analyzer:
                              timings_ms=timings)
 
 
-__all__ = ["Analyzer", "Detections", "postprocess_mask"]
+__all__ = ["Analyzer", "Detections", "fuse_detections", "postprocess_mask"]

@@ -1,9 +1,12 @@
 """Shipped models: ``models/<name>/<version>/`` with ``weights.npz`` and ``manifest.json``.
 
-Weights are the Keras weight list in order, stored as float16 (``np.savez_compressed``);
-the manifest records the architecture, input spacing, thresholds, the weights' sha256, the
-training data and split, validation metrics and the intended use. Loading verifies the hash
-and refuses a missing or corrupt model with an error that names the file.
+Weights are the Keras weight list in order, stored as float16 (``np.savez_compressed``).
+A model may be an ensemble of several networks of the same architecture, trained apart: the
+first member's arrays are ``w0000, w0001, ...`` and member *k*'s ``m<k>_w0000, ...`` in the
+same file; the manifest's ``weights.members`` says how many. The manifest records the
+architecture, input spacing, thresholds, the weights' sha256, the training data and split,
+validation metrics and the intended use. Loading verifies the hash and refuses a missing or
+corrupt model with an error that names the file.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ class ModelStoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A verified shipped model: its manifest and its weights as float32 arrays."""
+    """A verified shipped model: its manifest and each member's weights as float32 arrays."""
 
     name: str
     version: str
     path: Path
     manifest: dict[str, Any]
-    weights: list[np.ndarray]
+    members: tuple[list[np.ndarray], ...]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The first (for a single network, the only) member's weights."""
+        return self.members[0]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -76,19 +84,32 @@ def latest_version(models_dir: Path, name: str) -> str:
     return max(versions, key=_version_key)
 
 
-def save_model(models_dir: Path, name: str, version: str, weights: list[np.ndarray],
+def _member_prefix(member: int) -> str:
+    return "" if member == 0 else f"m{member}_"
+
+
+def save_model(models_dir: Path, name: str, version: str,
+               weights: list[np.ndarray] | list[list[np.ndarray]],
                manifest: dict[str, Any], dtype: str = "float16") -> Path:
-    """Write weights and manifest; the manifest gets the file name, dtype, size and sha256."""
+    """Write weights and manifest; the manifest gets the file name, dtype, size and sha256.
+
+    ``weights`` is one network's weight list, or a list of such lists (an ensemble).
+    """
+    members = weights if weights and isinstance(weights[0], list) else [weights]
     folder = models_dir / name / version
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {f"w{i:04d}": np.asarray(w).astype(dtype) if np.asarray(w).dtype.kind == "f"
-              else np.asarray(w) for i, w in enumerate(weights)}
+    arrays = {}
+    for k, member in enumerate(members):
+        for i, w in enumerate(member):
+            a = np.asarray(w)
+            arrays[f"{_member_prefix(k)}w{i:04d}"] = a.astype(dtype) if a.dtype.kind == "f" else a
     path = folder / WEIGHTS
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
     full = dict(manifest)
     full.update({"name": name, "version": version, "intended_use": INTENDED_USE})
     full["weights"] = {"file": WEIGHTS, "sha256": sha256_of(path), "dtype": dtype,
-                       "bytes": path.stat().st_size, "arrays": len(arrays)}
+                       "bytes": path.stat().st_size, "arrays": len(arrays),
+                       "members": len(members)}
     (folder / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
     logger.info("saved %s %s (%d bytes)", name, version, path.stat().st_size)
     return folder
@@ -122,11 +143,16 @@ def load_model(models_dir: Path, name: str, version: str | None = None) -> Model
         raise ModelStoreError(
             f"model weights file {weights_path} is corrupt: sha256 {actual} does not match "
             f"{expected} in {manifest_path}; restore the file from the release")
+    n_members = int(manifest["weights"].get("members", 1))
     try:
+        members = []
         with np.load(weights_path) as z:
-            raw = [z[f"w{i:04d}"] for i in range(len(z.files))]
-        weights = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in raw]
+            per_member = len(z.files) // n_members
+            for k in range(n_members):
+                raw = [z[f"{_member_prefix(k)}w{i:04d}"] for i in range(per_member)]
+                members.append([a.astype(np.float32) if a.dtype.kind == "f" else a
+                                for a in raw])
     except Exception as exc:  # a hash collision is not expected; a truncated zip is
         raise ModelStoreError(f"model weights file {weights_path} cannot be read: {exc}") from exc
     return ModelBundle(name=name, version=version, path=folder, manifest=manifest,
-                       weights=weights)
+                       members=tuple(members))

@@ -1,4 +1,5 @@
-"""Analyzer pieces that do not need the shipped weights: mask post-processing, precision."""
+"""Analyzer pieces that do not need the shipped weights: mask post-processing, precision,
+the fusion of an ensemble's detections."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo_scp.models.analyzer import cpu_flags, postprocess_mask, resolve_precision
+from mammo_scp.models.analyzer import (
+    Detections,
+    cpu_flags,
+    fuse_detections,
+    postprocess_mask,
+    resolve_precision,
+)
 
 
 def _two_blobs() -> np.ndarray:
@@ -51,3 +58,33 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
                        "processor\t: 1\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
     assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512f", "avx512_bf16"}
     assert cpu_flags(tmp_path / "absent") == set()  # not Linux: auto means fp32
+
+
+def _found(*boxes_scores: tuple[list[float], float, float]) -> Detections:
+    return Detections(np.array([b for b, _, _ in boxes_scores], np.float64).reshape(-1, 4),
+                      np.array([s for _, s, _ in boxes_scores], np.float64),
+                      np.array([p for _, _, p in boxes_scores], np.float64))
+
+
+def test_a_mass_both_detectors_see_outranks_one_only_one_sees():
+    first = _found(([10, 10, 30, 30], 0.8, 0.2), ([60, 60, 70, 70], 0.9, 0.5))
+    second = _found(([12, 10, 32, 30], 0.6, 0.6))
+    fused = fuse_detections([first, second], iou=0.3)
+    assert len(fused.scores) == 2
+    # seen by both: the mean of the two scores, box and malignancy weighted by score
+    assert fused.scores[0] == pytest.approx((0.8 + 0.6) / 2)
+    x0, x1 = (0.8 * 10 + 0.6 * 12) / 1.4, (0.8 * 30 + 0.6 * 32) / 1.4
+    assert np.allclose(fused.boxes[0], [x0, 10, x1, 30])
+    assert fused.p_malignant[0] == pytest.approx((0.8 * 0.2 + 0.6 * 0.6) / 1.4)
+    # seen by one of two: half its score, its own box
+    assert fused.scores[1] == pytest.approx(0.45)
+    assert np.allclose(fused.boxes[1], [60, 60, 70, 70])
+
+
+def test_one_detector_s_boxes_are_never_merged_and_apart_boxes_stay_apart():
+    one = _found(([10, 10, 30, 30], 0.9, 0.1), ([14, 10, 34, 30], 0.5, 0.1))
+    other = _found(([100, 100, 120, 120], 0.7, 0.1))
+    fused = fuse_detections([one, other], iou=0.3)
+    assert sorted(fused.scores.round(3)) == [0.25, 0.35, 0.45]
+    empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+    assert len(fuse_detections([empty, empty]).scores) == 0

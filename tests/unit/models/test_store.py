@@ -38,6 +38,21 @@ def test_round_trip_in_float16_with_a_manifest(tmp_path):
     assert np.allclose(bundle.weights[0], np.linspace(-1, 1, 12).reshape(3, 4), atol=1e-3)
 
 
+def test_an_ensemble_keeps_each_member_s_weights_in_one_verified_file(tmp_path):
+    members = [[np.full((2, 3), k, np.float32), np.arange(3.0) + k] for k in range(3)]
+    folder = save_model(tmp_path, "frcnn", "2.0.0", members,
+                        {"architecture": {"kind": "frcnn", "config": {}},
+                         "input": {"pixel_spacing_mm": 0.4}})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights"]["members"] == 3 and manifest["weights"]["arrays"] == 6
+    bundle = load_model(tmp_path, "frcnn")
+    assert len(bundle.members) == 3
+    for k, member in enumerate(bundle.members):
+        assert np.array_equal(member[0], np.full((2, 3), k)) and np.array_equal(
+            member[1], np.arange(3.0) + k)
+    assert bundle.weights is bundle.members[0]
+
+
 def test_latest_version_is_numeric_not_lexical(tmp_path):
     _save(tmp_path, "1.9.0")
     _save(tmp_path, "1.10.0")
