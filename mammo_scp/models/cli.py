@@ -55,11 +55,17 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--crop-lesion-prob", type=float, default=0.7,
                     help="share of windows centred on a mass when the image has one")
     tr.add_argument("--val-every", type=int, default=2)
+    tr.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                    help="keep an exponential moving average of the weights with this decay "
+                         "per step (e.g. 0.998) and validate and save it instead of the raw "
+                         "weights")
     tr.set_defaults(func=_train)
 
     ex = sub.add_parser("export", help="ship a trained run as models/<kind>/<version>/")
     ex.add_argument("kind", choices=["unet", "frcnn"])
-    ex.add_argument("--run", type=Path, required=True, help="run folder written by 'train'")
+    ex.add_argument("--run", type=Path, required=True, action="append",
+                    help="run folder written by 'train'; give it once per member to ship an "
+                         "ensemble (same architecture, data and split)")
     ex.add_argument("--models", type=Path, required=True, help="top-level models folder")
     ex.add_argument("--version", required=True)
     ex.add_argument("--weights", choices=["best", "last"], default="last")
@@ -105,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
                       stop_after=args.stop_after, model=model, crop=crop,
                       mass_repeat=defaults["mass_repeat"], val_every=args.val_every,
                       crop_lesion_prob=args.crop_lesion_prob, **extra,
-                      init_weights=str(args.init) if args.init else None)
+                      init_weights=str(args.init) if args.init else None, ema=args.ema)
     train(cfg)
     return 0
 
@@ -115,12 +121,32 @@ def _export(args: argparse.Namespace) -> int:
     from mammo_scp.models.store import save_model
     from mammo_scp.models.train import _load_npz
 
-    run_cfg = json.loads((args.run / "train_config.json").read_text())
-    tcfg, mcfg = run_cfg["train"], run_cfg["model"]
-    weights = _load_npz(args.run / f"{args.weights}.npz")
+    runs = [json.loads((run / "train_config.json").read_text()) for run in args.run]
+    tcfg, mcfg = runs[0]["train"], runs[0]["model"]
+    for run, cfg in zip(args.run[1:], runs[1:], strict=True):
+        same = {key: (cfg["train"][key], tcfg[key]) for key in
+                ("kind", "data", "model_spacing_mm", "val_fraction", "split_seed")}
+        same["model"] = (cfg["model"], mcfg)
+        differ = sorted(key for key, (a, b) in same.items() if a != b)
+        if differ:
+            print(f"error: {run} differs from {args.run[0]} in {', '.join(differ)}: the members "
+                  "of an ensemble share architecture, data and split", file=sys.stderr)
+            return 2
     records = load_records(Path(tcfg["data"]))
     train_recs, val_recs = split_by_woman(records, tcfg["val_fraction"], tcfg["split_seed"])
-    state = json.loads((args.run / "checkpoint" / "state.json").read_text())["state"]
+    members = [_member_record(args.kind, run, cfg, args.weights)
+               for run, cfg in zip(args.run, runs, strict=True)]
+    split = {"by": "woman", "seed": tcfg["split_seed"], "val_fraction": tcfg["val_fraction"],
+             "train_women": sorted({r.woman for r in train_recs}),
+             "val_women": sorted({r.woman for r in val_recs}),
+             "val_images": sorted(r.key for r in val_recs)}
+    data = ("mini-MIAS training split (240 images, 1024x1024, 0.2 mm) from "
+            "../shared/data/mias-train; truth circles")
+    training: dict[str, Any] = {"data": data, **members[0], "split": split}
+    if len(members) > 1:  # an ensemble: each member's own record
+        training = {"data": data, "ensemble": f"{len(members)} networks trained apart, "
+                    "outputs averaged (U-Net) or fused (detector)", "members": members,
+                    "split": split}
     manifest = {
         "architecture": {"kind": args.kind, "config": mcfg,
                          "framework": "keras 3 / tensorflow", "why": _why(args.kind, mcfg, tcfg)},
@@ -130,27 +156,24 @@ def _export(args: argparse.Namespace) -> int:
                                    "Gaussian blur + Otsu + largest contour crop, resample by "
                                    "pixel spacing, chest wall left, CLAHE"},
         "thresholds": _thresholds(args.kind, args.threshold),
-        "training": {
-            "data": "mini-MIAS training split (240 images, 1024x1024, 0.2 mm) from "
-                    "../shared/data/mias-train; truth circles",
-            "command": _command(args.kind, tcfg, mcfg),
-            "config": tcfg,
-            "initialised_from": _init_stage(tcfg),
-            "epochs_run": state["epoch"], "weights_from": args.weights,
-            "best_epoch_by_val": state["best_epoch"],
-            "split": {"by": "woman", "seed": tcfg["split_seed"],
-                      "val_fraction": tcfg["val_fraction"],
-                      "train_women": sorted({r.woman for r in train_recs}),
-                      "val_women": sorted({r.woman for r in val_recs}),
-                      "val_images": sorted(r.key for r in val_recs)},
-            "history_tail": state["history"][-5:],
-        },
+        "training": training,
         "validation_metrics": None,
         "licence": "mini-MIAS: research use only; cite Suckling et al. 1994",
     }
-    folder = save_model(args.models, args.kind, args.version, weights, manifest, args.dtype)
+    weights = [_load_npz(run / f"{args.weights}.npz") for run in args.run]
+    folder = save_model(args.models, args.kind, args.version,
+                        weights[0] if len(weights) == 1 else weights, manifest, args.dtype)
     print(folder)
     return 0
+
+
+def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> dict[str, Any]:
+    """How one run was trained: its command, config, the stage before it, its last epochs."""
+    state = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
+    return {"command": _command(kind, cfg["train"], cfg["model"]), "config": cfg["train"],
+            "initialised_from": _init_stage(cfg["train"]), "epochs_run": state["epoch"],
+            "weights_from": weights, "best_epoch_by_val": state["best_epoch"],
+            "history_tail": state["history"][-5:]}
 
 
 def _thresholds(kind: str, pairs: list[str]) -> dict[str, Any]:
@@ -179,6 +202,8 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
         argv += ["--anchors", *(f"{v:g}" for v in mcfg["anchor_sizes"])]
     if tcfg.get("init_weights"):
         argv += ["--init", tcfg["init_weights"]]
+    if tcfg.get("ema") is not None:
+        argv += ["--ema", str(tcfg["ema"])]
     return " ".join(shlex.quote(a) for a in argv)
 
 

@@ -3,6 +3,11 @@
 Checkpoints (weights, optimizer state, epoch, best validation figure) are written to
 ``<out>/checkpoint/`` after every epoch; ``--resume`` continues from there. The best epoch by
 the validation figure and the last epoch are both kept as ``best.npz`` / ``last.npz``.
+
+With ``ema`` set, an exponential moving average of the trainable weights is kept beside them:
+validation, ``best.npz`` and ``last.npz`` then use the averaged weights. On so few masses the
+raw weights swing from epoch to epoch (whole masses found and lost between epochs); the
+average of the last few hundred steps does not.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,7 @@ class TrainConfig:
     crop: tuple[int, int] | None = None  # train on windows of this size (U-Net)
     crop_lesion_prob: float = 0.7
     init_weights: str | None = None  # start from a run's .npz or a shipped model folder
+    ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
 
     def __post_init__(self) -> None:
         # JSON gives lists; shapes are tuples everywhere else
@@ -140,9 +148,14 @@ def load_init_weights(path: Path) -> list[np.ndarray]:
 
 
 def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizers.Optimizer,
-                    state: TrainState, rng: np.random.Generator) -> None:
-    """Every model variable (weights, BN statistics, dropout seed states), optimizer, RNG."""
+                    state: TrainState, rng: np.random.Generator,
+                    average: WeightAverage | None = None) -> None:
+    """Every model variable (weights, BN statistics, dropout seed states), optimizer, RNG,
+    and the weight average when there is one (written before ``state.json``, which marks a
+    checkpoint complete)."""
     ckpt.mkdir(parents=True, exist_ok=True)
+    if average is not None:
+        average.save(ckpt / "ema.npz")
     _save_npz(ckpt / "variables.npz", [np.asarray(v.numpy()) for v in variables])
     _save_npz(ckpt / "optimizer.npz", [np.asarray(v.numpy()) for v in optimizer.variables])
     tmp = ckpt / "state.json.tmp"
@@ -167,6 +180,53 @@ def load_checkpoint(ckpt: Path, all_variables: list[Any],
     st = saved["state"]
     return TrainState(epoch=st["epoch"], best=st["best"], best_epoch=st["best_epoch"],
                       history=st["history"])
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable variables.
+
+    ``update`` runs inside the training step; ``swapped_in`` puts the averages into the model
+    for validation and saving, and the raw weights back afterwards.
+    """
+
+    def __init__(self, variables: list[Any], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must lie between 0 and 1, got {decay}")
+        self.variables = variables
+        self.decay = decay
+        self.averages = [tf.Variable(np.asarray(v.numpy()), trainable=False)
+                         for v in variables]
+
+    def update(self) -> None:
+        for avg, var in zip(self.averages, self.variables, strict=True):
+            avg.assign(self.decay * avg + (1.0 - self.decay) * var)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        raw = [np.asarray(v.numpy()) for v in self.variables]
+        for var, avg in zip(self.variables, self.averages, strict=True):
+            var.assign(avg)
+        try:
+            yield
+        finally:
+            for var, value in zip(self.variables, raw, strict=True):
+                var.assign(value)
+
+    def save(self, path: Path) -> None:
+        _save_npz(path, [np.asarray(a.numpy()) for a in self.averages])
+
+    def load(self, path: Path) -> None:
+        for avg, value in zip(self.averages, _load_npz(path), strict=True):
+            avg.assign(value)
+
+
+def _weight_average(cfg: TrainConfig, variables: list[Any], ckpt: Path) -> WeightAverage | None:
+    if cfg.ema is None:
+        return None
+    average = WeightAverage(variables, cfg.ema)
+    if (ckpt / "ema.npz").is_file():
+        average.load(ckpt / "ema.npz")
+    return average
 
 
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -210,6 +270,7 @@ def train_unet(cfg: TrainConfig) -> Path:
         state = load_checkpoint(ckpt, list(model.variables), optimizer,
                                 model.trainable_variables, rng)
         logger.info("resumed at epoch %d", state.epoch)
+    average = _weight_average(cfg, model.trainable_variables, ckpt)
 
     @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
     def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -218,6 +279,8 @@ def train_unet(cfg: TrainConfig) -> Path:
             loss = segmentation_loss(y, pred)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        if average is not None:
+            average.update()
         return loss, dice_coefficient(y, pred)
 
     _write_config(out, cfg, ucfg.to_dict())
@@ -241,16 +304,17 @@ def train_unet(cfg: TrainConfig) -> Path:
         state.epoch += 1
         record: dict[str, float] = {"epoch": state.epoch, "loss": float(np.mean(losses)),
                                     "seconds": time.time() - t0}
-        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
-            dice = unet_val_dice(model, val)
-            record["val_dice"] = dice
-            if dice > state.best:
-                state.best, state.best_epoch = dice, state.epoch
-                _save_npz(out / "best.npz", model.get_weights())
+        with average.swapped_in() if average is not None else nullcontext():
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                dice = unet_val_dice(model, val)
+                record["val_dice"] = dice
+                if dice > state.best:
+                    state.best, state.best_epoch = dice, state.epoch
+                    _save_npz(out / "best.npz", model.get_weights())
+            _save_npz(out / "last.npz", model.get_weights())
         state.history.append(record)
         logger.info("unet %s", json.dumps(record))
-        _save_npz(out / "last.npz", model.get_weights())
-        save_checkpoint(ckpt, list(model.variables), optimizer, state, rng)
+        save_checkpoint(ckpt, list(model.variables), optimizer, state, rng, average)
         if cfg.stop_after is not None and state.epoch - first_epoch >= cfg.stop_after:
             break
     return out
@@ -315,6 +379,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     if (ckpt / "state.json").is_file():
         state = load_checkpoint(ckpt, net.variables, optimizer, net.trainable_variables, rng)
         logger.info("resumed at epoch %d", state.epoch)
+    average = _weight_average(cfg, net.trainable_variables, ckpt)
 
     @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
     def step(images: tf.Tensor, rpn_l: tf.Tensor, rpn_d: tf.Tensor, gt_b: tf.Tensor,
@@ -325,6 +390,8 @@ def train_frcnn(cfg: TrainConfig) -> Path:
         variables = net.trainable_variables
         grads = tape.gradient(total, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
+        if average is not None:
+            average.update()
         return {**parts, "total": total}
 
     _write_config(out, cfg, frc.to_dict())
@@ -350,16 +417,17 @@ def train_frcnn(cfg: TrainConfig) -> Path:
         state.epoch += 1
         record: dict[str, float] = {"epoch": state.epoch, "seconds": time.time() - t0,
                                     **{k: v / max(n, 1) for k, v in sums.items()}}
-        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
-            sens = frcnn_val_sensitivity(net, val)
-            record["val_sens_at_1fp"] = sens
-            if sens >= state.best:
-                state.best, state.best_epoch = sens, state.epoch
-                _save_npz(out / "best.npz", net.get_weights())
+        with average.swapped_in() if average is not None else nullcontext():
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                sens = frcnn_val_sensitivity(net, val)
+                record["val_sens_at_1fp"] = sens
+                if sens >= state.best:
+                    state.best, state.best_epoch = sens, state.epoch
+                    _save_npz(out / "best.npz", net.get_weights())
+            _save_npz(out / "last.npz", net.get_weights())
         state.history.append(record)
         logger.info("frcnn %s", json.dumps(record))
-        _save_npz(out / "last.npz", net.get_weights())
-        save_checkpoint(ckpt, net.variables, optimizer, state, rng)
+        save_checkpoint(ckpt, net.variables, optimizer, state, rng, average)
         if cfg.stop_after is not None and state.epoch - first_epoch >= cfg.stop_after:
             break
     return out

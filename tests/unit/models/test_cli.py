@@ -78,6 +78,53 @@ def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
 
 
 
+def test_the_weight_average_is_what_is_saved_and_it_resumes_exactly(dicom_folder, tmp_path):
+    common = ["--data", str(dicom_folder), "--seed", "4", "--width", "4", "--batch", "4",
+              "--ema", "0.9", "--epochs", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _run("models", "train", "unet", "--out", str(straight), *common) == 0
+    assert _run("models", "train", "unet", "--out", str(split), "--stop-after", "1",
+                *common) == 0
+    assert _run("models", "train", "unet", "--out", str(split), "--resume", *common) == 0
+    a, b = _load_npz(straight / "last.npz"), _load_npz(split / "last.npz")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    # last.npz holds the average, not the raw weights the optimiser left
+    average = _load_npz(straight / "checkpoint" / "ema.npz")
+    raw = _load_npz(straight / "checkpoint" / "variables.npz")
+    kernel = a[0]
+    assert any(np.array_equal(kernel, x) for x in average)
+    assert not any(x.shape == kernel.shape and np.array_equal(kernel, x) for x in raw)
+    assert _run("models", "export", "unet", "--run", str(split), "--models",
+                str(tmp_path / "models"), "--version", "0.0.1") == 0
+    assert "--ema 0.9" in load_model(tmp_path / "models", "unet").manifest["training"]["command"]
+
+
+def test_runs_ship_as_one_ensemble_only_when_they_share_architecture_and_split(
+        dicom_folder, tmp_path, capsys):
+    common = ["--data", str(dicom_folder), "--width", "4", "--batch", "4", "--epochs", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run("models", "train", "unet", "--out", str(first), "--seed", "1", *common) == 0
+    assert _run("models", "train", "unet", "--out", str(second), "--seed", "2", *common) == 0
+    models = tmp_path / "models"
+    assert _run("models", "export", "unet", "--run", str(first), "--run", str(second),
+                "--models", str(models), "--version", "0.1.0") == 0
+    bundle = load_model(models, "unet")
+    assert len(bundle.members) == 2
+    for member, run in zip(bundle.members, (first, second), strict=True):
+        assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
+                   for x, y in zip(member, _load_npz(run / "last.npz"), strict=True))
+    training = bundle.manifest["training"]
+    assert [m["config"]["seed"] for m in training["members"]] == [1, 2]
+    assert training["split"]["val_images"]
+    # a run of another width cannot join: the error names the difference
+    config = json.loads((second / "train_config.json").read_text())
+    config["model"]["width"] = 8
+    (second / "train_config.json").write_text(json.dumps(config))
+    assert _run("models", "export", "unet", "--run", str(first), "--run", str(second),
+                "--models", str(models), "--version", "0.2.0") == 2
+    assert "differs from" in capsys.readouterr().err and not (models / "unet" / "0.2.0").exists()
+
+
 def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
     common = ["--data", str(dicom_folder), "--seed", "5", "--width", "4", "--batch", "4"]
     first = tmp_path / "first"
