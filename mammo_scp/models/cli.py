@@ -11,8 +11,12 @@ import json
 import logging
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +68,9 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="ship a trained run as models/<kind>/<version>/")
     ex.add_argument("kind", choices=["unet", "frcnn"])
     ex.add_argument("--run", type=Path, required=True, action="append",
-                    help="run folder written by 'train'; give it once per member to ship an "
-                         "ensemble (same architecture, data and split)")
+                    help="run folder written by 'train', or a shipped model folder "
+                         "(models/unet/1.0.0); give it once per member to ship an ensemble "
+                         "(same architecture, data and split)")
     ex.add_argument("--models", type=Path, required=True, help="top-level models folder")
     ex.add_argument("--version", required=True)
     ex.add_argument("--weights", choices=["best", "last"], default="last")
@@ -119,14 +124,13 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from mammo_scp.models.data import load_records, split_by_woman
     from mammo_scp.models.store import save_model
-    from mammo_scp.models.train import _load_npz
 
-    runs = [json.loads((run / "train_config.json").read_text()) for run in args.run]
-    tcfg, mcfg = runs[0]["train"], runs[0]["model"]
-    for run, cfg in zip(args.run[1:], runs[1:], strict=True):
-        same = {key: (cfg["train"][key], tcfg[key]) for key in
+    sources = [_source(args.kind, run, args.weights) for run in args.run]
+    tcfg, mcfg = sources[0].train, sources[0].model
+    for run, source in zip(args.run[1:], sources[1:], strict=True):
+        same = {key: (source.train[key], tcfg[key]) for key in
                 ("kind", "data", "model_spacing_mm", "val_fraction", "split_seed")}
-        same["model"] = (cfg["model"], mcfg)
+        same["model"] = (source.model, mcfg)
         differ = sorted(key for key, (a, b) in same.items() if a != b)
         if differ:
             print(f"error: {run} differs from {args.run[0]} in {', '.join(differ)}: the members "
@@ -134,8 +138,7 @@ def _export(args: argparse.Namespace) -> int:
             return 2
     records = load_records(Path(tcfg["data"]))
     train_recs, val_recs = split_by_woman(records, tcfg["val_fraction"], tcfg["split_seed"])
-    members = [_member_record(args.kind, run, cfg, args.weights)
-               for run, cfg in zip(args.run, runs, strict=True)]
+    members = [record for source in sources for record in source.records]
     split = {"by": "woman", "seed": tcfg["split_seed"], "val_fraction": tcfg["val_fraction"],
              "train_women": sorted({r.woman for r in train_recs}),
              "val_women": sorted({r.woman for r in val_recs}),
@@ -160,11 +163,42 @@ def _export(args: argparse.Namespace) -> int:
         "validation_metrics": None,
         "licence": "mini-MIAS: research use only; cite Suckling et al. 1994",
     }
-    weights = [_load_npz(run / f"{args.weights}.npz") for run in args.run]
+    weights = [member for source in sources for member in source.weights]
     folder = save_model(args.models, args.kind, args.version,
                         weights[0] if len(weights) == 1 else weights, manifest, args.dtype)
     print(folder)
     return 0
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What one ``export --run`` contributes: its configs, its members' weights and records."""
+
+    train: dict[str, Any]
+    model: dict[str, Any]
+    weights: list[list[np.ndarray]]
+    records: list[dict[str, Any]]
+
+
+def _source(kind: str, run: Path, weights: str) -> _Source:
+    """A run folder written by ``train`` (its best or last weights), or a shipped model
+    folder (all its members, as shipped, with the training record its manifest holds)."""
+    from mammo_scp.models.store import MANIFEST, load_model
+    from mammo_scp.models.train import _load_npz
+
+    if (run / MANIFEST).is_file():
+        bundle = load_model(run.parent.parent, run.parent.name, run.name)
+        training = bundle.manifest["training"]
+        shipped = {"shipped_as": f"{bundle.name} {bundle.version}",
+                   "sha256": bundle.manifest["weights"]["sha256"]}
+        members = training.get("members") or [
+            {k: v for k, v in training.items() if k not in ("data", "split")}]
+        train = members[0]["config"]
+        return _Source(train, bundle.manifest["architecture"]["config"],
+                       list(bundle.members), [{**shipped, **m} for m in members])
+    cfg = json.loads((run / "train_config.json").read_text())
+    return _Source(cfg["train"], cfg["model"], [_load_npz(run / f"{weights}.npz")],
+                   [_member_record(kind, run, cfg, weights)])
 
 
 def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> dict[str, Any]:

@@ -125,6 +125,32 @@ def test_runs_ship_as_one_ensemble_only_when_they_share_architecture_and_split(
     assert "differs from" in capsys.readouterr().err and not (models / "unet" / "0.2.0").exists()
 
 
+def test_a_shipped_model_joins_an_ensemble_as_it_was_shipped(dicom_folder, tmp_path):
+    common = ["--data", str(dicom_folder), "--width", "4", "--batch", "4", "--epochs", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run("models", "train", "unet", "--out", str(first), "--seed", "1", *common) == 0
+    assert _run("models", "train", "unet", "--out", str(second), "--seed", "2", *common) == 0
+    models = tmp_path / "models"
+    assert _run("models", "export", "unet", "--run", str(first), "--models", str(models),
+                "--version", "1.0.0") == 0
+    shipped = load_model(models, "unet", "1.0.0")
+    assert _run("models", "export", "unet", "--run", str(models / "unet" / "1.0.0"),
+                "--run", str(second), "--models", str(models), "--version", "1.1.0") == 0
+    bundle = load_model(models, "unet", "1.1.0")
+    assert len(bundle.members) == 2
+    # float16 to float16: the shipped member is carried over bit for bit
+    assert all(np.array_equal(x, y)
+               for x, y in zip(bundle.members[0], shipped.members[0], strict=True))
+    records = bundle.manifest["training"]["members"]
+    assert records[0]["shipped_as"] == "unet 1.0.0"
+    assert records[0]["sha256"] == shipped.manifest["weights"]["sha256"]
+    assert [r["config"]["seed"] for r in records] == [1, 2]
+    # an ensemble shipped before joins with all its members
+    assert _run("models", "export", "unet", "--run", str(models / "unet" / "1.1.0"),
+                "--run", str(first), "--models", str(models), "--version", "1.2.0") == 0
+    assert len(load_model(models, "unet", "1.2.0").members) == 3
+
+
 def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
     common = ["--data", str(dicom_folder), "--seed", "5", "--width", "4", "--batch", "4"]
     first = tmp_path / "first"
