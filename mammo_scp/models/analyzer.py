@@ -15,7 +15,7 @@ import tensorflow as tf
 from pydicom.dataset import Dataset
 
 from mammo_scp.models.fold import fold_batch_norm
-from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, box_iou_np
 from mammo_scp.models.store import ModelBundle, load_model
 from mammo_scp.models.unet import UNetConfig, build_unet
 from mammo_scp.preprocess import FlipMode, Preprocessed, preprocess_array, preprocess_dataset
@@ -101,19 +101,8 @@ class Detections:
     p_malignant: np.ndarray
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9))
-
-
-def fuse_detections(members: list[Detections], iou: float = 0.3) -> Detections:
-    """One set of findings from several detectors' (weighted box fusion).
+def fuse_detections(members: list[Detections], iou: float = FUSION_IOU) -> Detections:
+    """One set of findings from several detectors (weighted box fusion).
 
     Boxes are taken in descending score; each joins the group whose fused box it overlaps
     most (IoU >= ``iou``), unless that group already holds a box of the same detector, else
@@ -129,11 +118,11 @@ def fuse_detections(members: list[Detections], iou: float = 0.3) -> Detections:
     fused: list[np.ndarray] = []
     for item in items:
         score, member, box, _ = item
-        best, best_iou = -1, iou
+        best = -1
         if fused:
-            overlaps = _iou(box, np.asarray(fused))
+            overlaps = box_iou_np(np.asarray(box)[None], np.asarray(fused))[0]
             for g in np.argsort(-overlaps, kind="stable"):
-                if overlaps[g] < best_iou:
+                if overlaps[g] < iou:
                     break
                 if all(m != member for _, m, _, _ in groups[g]):
                     best = int(g)

@@ -99,12 +99,19 @@ def test_the_weight_average_is_what_is_saved_and_it_resumes_exactly(dicom_folder
     assert "--ema 0.9" in load_model(tmp_path / "models", "unet").manifest["training"]["command"]
 
 
+def _two_runs(dicom_folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Two one-epoch U-Net runs of one architecture, seeds 1 and 2."""
+    common = ["--data", str(dicom_folder), "--width", "4", "--batch", "4", "--epochs", "1"]
+    runs = tmp_path / "first", tmp_path / "second"
+    for seed, run in enumerate(runs, start=1):
+        assert _run("models", "train", "unet", "--out", str(run), "--seed", str(seed),
+                    *common) == 0
+    return runs
+
+
 def test_runs_ship_as_one_ensemble_only_when_they_share_architecture_and_split(
         dicom_folder, tmp_path, capsys):
-    common = ["--data", str(dicom_folder), "--width", "4", "--batch", "4", "--epochs", "1"]
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert _run("models", "train", "unet", "--out", str(first), "--seed", "1", *common) == 0
-    assert _run("models", "train", "unet", "--out", str(second), "--seed", "2", *common) == 0
+    first, second = _two_runs(dicom_folder, tmp_path)
     models = tmp_path / "models"
     assert _run("models", "export", "unet", "--run", str(first), "--run", str(second),
                 "--models", str(models), "--version", "0.1.0") == 0
@@ -126,10 +133,7 @@ def test_runs_ship_as_one_ensemble_only_when_they_share_architecture_and_split(
 
 
 def test_a_shipped_model_joins_an_ensemble_as_it_was_shipped(dicom_folder, tmp_path):
-    common = ["--data", str(dicom_folder), "--width", "4", "--batch", "4", "--epochs", "1"]
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert _run("models", "train", "unet", "--out", str(first), "--seed", "1", *common) == 0
-    assert _run("models", "train", "unet", "--out", str(second), "--seed", "2", *common) == 0
+    first, second = _two_runs(dicom_folder, tmp_path)
     models = tmp_path / "models"
     assert _run("models", "export", "unet", "--run", str(first), "--models", str(models),
                 "--version", "1.0.0") == 0
