@@ -222,7 +222,10 @@ def _thresholds(kind: str, pairs: list[str]) -> dict[str, Any]:
 
 
 def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
-    """The ``mammo-scp models train`` line that reproduces a run."""
+    """The ``mammo-scp models train`` line that reproduces a run (or the command line of
+    another trainer, ``fit_unet``, which records its own)."""
+    if tcfg.get("command"):
+        return str(tcfg["command"])
     argv = ["mammo-scp", "models", "train", kind, "--data", tcfg["data"], "--out", tcfg["out"],
             "--epochs", str(tcfg["epochs"]), "--seed", str(tcfg["seed"]),
             "--spacing", str(tcfg["model_spacing_mm"]), "--width", str(mcfg["width"]),

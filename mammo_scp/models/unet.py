@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 
 @dataclass(frozen=True)
@@ -81,35 +80,36 @@ def build_unet(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> ker
     return keras.Model(inputs, outputs, name="unet")
 
 
-def dice_coefficient(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) -> tf.Tensor:
+def dice_coefficient(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     """Soft Dice per image, averaged over the batch."""
-    y_true = tf.cast(y_true, tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    inter = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
-    total = tf.reduce_sum(y_true, axis=[1, 2, 3]) + tf.reduce_sum(y_pred, axis=[1, 2, 3])
-    return tf.reduce_mean((2.0 * inter + smooth) / (total + smooth))
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    inter = ops.sum(y_true * y_pred, axis=[1, 2, 3])
+    total = ops.sum(y_true, axis=[1, 2, 3]) + ops.sum(y_pred, axis=[1, 2, 3])
+    return ops.mean((2.0 * inter + smooth) / (total + smooth))
 
 
-def iou_coefficient(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) -> tf.Tensor:
+def iou_coefficient(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     """Soft IoU (Jaccard) per image, averaged over the batch."""
-    y_true = tf.cast(y_true, tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    inter = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
-    union = tf.reduce_sum(y_true + y_pred, axis=[1, 2, 3]) - inter
-    return tf.reduce_mean((inter + smooth) / (union + smooth))
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    inter = ops.sum(y_true * y_pred, axis=[1, 2, 3])
+    union = ops.sum(y_true + y_pred, axis=[1, 2, 3]) - inter
+    return ops.mean((inter + smooth) / (union + smooth))
 
 
-def segmentation_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def segmentation_loss(y_true: Any, y_pred: Any) -> Any:
     """Batch Dice loss plus weighted binary cross-entropy.
 
     Dice is computed over the whole batch (not per image) so that normal images, whose truth is
     empty, only teach through the cross-entropy term and do not dominate with a 0/0 Dice.
+    Written in ``keras.ops``, so it trains on any Keras backend (see ``fit_unet``).
     """
-    y_true = tf.cast(y_true, tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    inter = tf.reduce_sum(y_true * y_pred)
-    dice = (2.0 * inter + 1.0) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + 1.0)
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    inter = ops.sum(y_true * y_pred)
+    dice = (2.0 * inter + 1.0) / (ops.sum(y_true) + ops.sum(y_pred) + 1.0)
     eps = 1e-6
-    p = tf.clip_by_value(y_pred, eps, 1.0 - eps)
-    bce = -(2.0 * y_true * tf.math.log(p) + (1.0 - y_true) * tf.math.log(1.0 - p))
-    return (1.0 - dice) + tf.reduce_mean(bce)
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    bce = -(2.0 * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+    return (1.0 - dice) + ops.mean(bce)

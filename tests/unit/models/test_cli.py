@@ -180,3 +180,28 @@ def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
     (shipped / "weights.npz").write_bytes(b"not weights")
     with pytest.raises(ModelStoreError, match="weights.npz"):
         load_init_weights(shipped)
+
+
+def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
+        dicom_folder, tmp_path):
+    from mammo_scp.models import fit_unet
+
+    pack = tmp_path / "pack.npz"
+    assert fit_unet.main(["pack", "--data", str(dicom_folder), "--spacing", "0.8",
+                          "--out", str(pack)]) == 0
+    run = tmp_path / "fit"
+    argv = ["fit", "--pack", str(pack), "--out", str(run), "--epochs", "2", "--width", "4",
+            "--depth", "2", "--batch", "2", "--train-shape", "64", "64", "--ema", "0.9",
+            "--workers", "1", "--seed", "3"]
+    assert fit_unet.main(argv) == 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
+    assert state["epoch"] == 2 and all(np.isfinite(h["loss"]) for h in state["history"])
+    models = tmp_path / "models"
+    assert _run("models", "export", "unet", "--run", str(run), "--models", str(models),
+                "--version", "0.3.0") == 0
+    bundle = load_model(models, "unet")
+    assert bundle.manifest["architecture"]["config"]["depth"] == 2
+    assert bundle.manifest["training"]["command"].startswith(
+        "python -m mammo_scp.models.fit_unet fit --pack")
+    assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
+               for x, y in zip(bundle.weights, _load_npz(run / "last.npz"), strict=True))

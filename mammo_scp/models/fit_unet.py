@@ -1,0 +1,226 @@
+"""U-Net training through Keras' own ``fit`` loop, on any Keras 3 backend.
+
+``mammo-scp models train unet`` trains with TensorFlow. A GPU machine may have JAX but no
+TensorFlow, and no way to install it (nothing can be fetched there, and its wheel is far over
+what can be carried). This trains the same network (``unet.build_unet``), with the same
+augmentation, loss and learning-rate schedule, on whatever backend ``KERAS_BACKEND`` names, and
+writes a run folder that ``mammo-scp models export --run`` takes like any other.
+
+Two steps, so the training images need not travel:
+
+    python -m mammo_scp.models.fit_unet pack --data ../shared/data/mias-train --spacing 0.4 \\
+        --out pack.npz          # here: the training split, preprocessed, in one file
+    KERAS_BACKEND=jax python -m mammo_scp.models.fit_unet fit --pack pack.npz --out RUN ...
+
+The weight average (``--ema``) is Keras' own (``use_ema`` of the optimizer): it is written
+into the weights when training ends. There is no validation during training; the validation
+split stays where the data is and is measured there with ``models evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammo_scp.models import augment as aug
+
+logger = logging.getLogger(__name__)
+
+# the training samples and the masses cut from them, in the trainer and in each worker
+_SAMPLES: list[tuple[np.ndarray, np.ndarray, list[int]]] = []
+_PATCHES: list[aug.MassPatch] = []
+
+Task = tuple[int, int, list[int], dict[str, Any]]  # epoch, step, sample indices, config
+
+
+def pack(data: Path, spacing_mm: float, out: Path, val_fraction: float = 0.25,
+         split_seed: int = 0) -> int:
+    """Preprocess the training split of ``data`` at ``spacing_mm`` into one ``.npz``."""
+    from mammo_scp.models.data import load_records, load_samples, split_by_woman
+
+    records = load_records(data)
+    train_recs, _ = split_by_woman(records, val_fraction, split_seed)
+    samples = load_samples(train_recs, spacing_mm)
+    arrays: dict[str, np.ndarray] = {}
+    for i, s in enumerate(samples):
+        arrays[f"image{i}"] = s.image.astype(np.float16)
+        arrays[f"masks{i}"] = s.lesion_masks.astype(np.float16)
+        arrays[f"labels{i}"] = np.array([les.label for les in s.record.lesions], np.int32)
+    meta = {"data": str(data), "model_spacing_mm": spacing_mm, "val_fraction": val_fraction,
+            "split_seed": split_seed, "keys": [s.record.key for s in samples]}
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    return len(samples)
+
+
+def _read_pack(path: Path) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, list[int]]]]:
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        samples = [(z[f"image{i}"].astype(np.float32), z[f"masks{i}"].astype(np.float32),
+                    [int(v) for v in z[f"labels{i}"]]) for i in range(len(meta["keys"]))]
+    return meta, samples
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """Read a pack into this process' ``_SAMPLES`` and ``_PATCHES``; its metadata."""
+    global _SAMPLES, _PATCHES
+    meta, _SAMPLES = _read_pack(path)
+    _PATCHES = [p for image, masks, labels in _SAMPLES if len(masks)
+                for p in aug.cut_mass_patches(image, masks, labels)]
+    return meta
+
+
+def _batch(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented batch; its randomness comes from (seed, epoch, step) alone."""
+    epoch, step, idx, cfg = task
+    rng = np.random.default_rng([cfg["seed"], epoch, step])
+    examples = []
+    for i in idx:
+        image, masks, labels = _SAMPLES[i]
+        ex = aug.augment(image, masks, labels, tuple(cfg["train_shape"]), rng, patches=_PATCHES,
+                         spacing_mm=cfg["model_spacing_mm"], insert_prob=cfg["insert_prob"])
+        if cfg["crop"] is not None:
+            ex = aug.random_crop(ex, tuple(cfg["crop"]), rng, cfg["crop_lesion_prob"])
+        examples.append(ex)
+    return (np.stack([e.image for e in examples])[..., None].astype(np.float32),
+            np.stack([e.mask for e in examples])[..., None].astype(np.float32))
+
+
+def _epoch_tasks(cfg: dict[str, Any], epoch: int) -> list[Task]:
+    order: list[int] = []
+    for i, (_, masks, _) in enumerate(_SAMPLES):
+        order += [i] * (cfg["mass_repeat"] if len(masks) else 1)
+    np.random.default_rng([cfg["seed"], epoch]).shuffle(order)
+    b = cfg["batch"]
+    return [(epoch, k, order[k * b:(k + 1) * b], cfg) for k in range(len(order) // b)]
+
+
+def _batches(cfg: dict[str, Any], pack_path: Path, workers: int
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every epoch's batches in order; the next epoch is augmented while this one trains.
+
+    The workers are spawned, not forked: forking a process that runs JAX can deadlock."""
+    with multiprocessing.get_context("spawn").Pool(workers, _load, (pack_path,)) as pool:
+        pending = pool.map_async(_batch, _epoch_tasks(cfg, 0), chunksize=1)
+        for epoch in range(cfg["epochs"]):
+            batches = pending.get()
+            if epoch + 1 < cfg["epochs"]:
+                pending = pool.map_async(_batch, _epoch_tasks(cfg, epoch + 1), chunksize=1)
+            yield from batches
+
+
+def fit(args: argparse.Namespace) -> Path:
+    import keras
+
+    from mammo_scp.models.unet import UNetConfig, build_unet, segmentation_loss
+
+    meta = _load(Path(args.pack))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: dict[str, Any] = {
+        "kind": "unet", "data": meta["data"], "out": str(out), "epochs": args.epochs,
+        "seed": args.seed, "batch": args.batch, "lr": args.lr,
+        "model_spacing_mm": meta["model_spacing_mm"], "train_shape": list(args.train_shape),
+        "val_fraction": meta["val_fraction"], "split_seed": meta["split_seed"],
+        "mass_repeat": args.mass_repeat, "insert_prob": args.insert_prob, "val_every": 0,
+        "stop_after": None, "crop": list(args.crop) if args.crop else None,
+        "crop_lesion_prob": args.crop_lesion_prob, "init_weights": None, "ema": args.ema,
+        "model": {"width": args.width, "depth": args.depth},
+        "command": " ".join(shlex.quote(a) for a in
+                            ["python", "-m", "mammo_scp.models.fit_unet", *args.argv]),
+        "backend": keras.backend.backend(),
+    }
+    keras.utils.set_random_seed(args.seed)
+    ucfg = UNetConfig(width=args.width, depth=args.depth)
+    model = build_unet(ucfg)
+    steps = len(_epoch_tasks(cfg, 0))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        args.lr, decay_steps=max(1, args.epochs * steps), alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(
+        learning_rate=schedule, clipnorm=5.0, use_ema=args.ema is not None,
+        ema_momentum=args.ema if args.ema is not None else 0.99), loss=segmentation_loss)
+    history: list[dict[str, float]] = []
+    started = time.time()
+
+    class Log(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            record = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)),
+                      "seconds": time.time() - self.t0}
+            history.append(record)
+            logger.info("unet %s", json.dumps(record))
+            if args.budget_s and time.time() - started > args.budget_s:
+                logger.warning("time budget of %d s spent: stopping after epoch %d",
+                               args.budget_s, epoch + 1)
+                self.model.stop_training = True
+
+    logger.info("fitting U-Net %s on %d images, %d steps per epoch, backend %s", ucfg,
+                len(_SAMPLES), steps, keras.backend.backend())
+    model.fit(_batches(cfg, Path(args.pack), args.workers), steps_per_epoch=steps,
+              epochs=args.epochs, callbacks=[Log()], verbose=0)
+    weights = model.get_weights()  # the weight average, when there is one (put in at the end)
+    np.savez(out / "last.npz", *weights)
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": cfg, "model": ucfg.to_dict()}, indent=2))
+    ckpt = out / "checkpoint"
+    ckpt.mkdir(exist_ok=True)
+    state = {"epoch": len(history), "best": -1.0, "best_epoch": -1, "history": history}
+    (ckpt / "state.json").write_text(json.dumps({"state": state}))
+    logger.info("wrote %s after %d epochs in %.0f s", out, len(history), time.time() - started)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m mammo_scp.models.fit_unet",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("pack", help="preprocess a training split into one .npz")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--spacing", type=float, default=0.4)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--split-seed", type=int, default=0)
+    f = sub.add_parser("fit", help="train on a pack with the Keras backend of KERAS_BACKEND")
+    f.add_argument("--pack", type=Path, required=True)
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--epochs", type=int, default=200)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--batch", type=int, default=16)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--width", type=int, default=16)
+    f.add_argument("--depth", type=int, default=4)
+    f.add_argument("--train-shape", type=int, nargs=2, default=(512, 384))
+    f.add_argument("--crop", type=int, nargs=2, default=None)
+    f.add_argument("--crop-lesion-prob", type=float, default=0.7)
+    f.add_argument("--mass-repeat", type=int, default=3)
+    f.add_argument("--insert-prob", type=float, default=0.5)
+    f.add_argument("--ema", type=float, default=None)
+    f.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    f.add_argument("--budget-s", type=float, default=None,
+                   help="stop after the epoch that passes this many seconds")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.verb == "pack":
+        n = pack(args.data, args.spacing, args.out, args.val_fraction, args.split_seed)
+        print(f"{args.out}: {n} training images at {args.spacing} mm")
+        return 0
+    print(fit(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
