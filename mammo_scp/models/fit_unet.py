@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.verb == "pack":
         n = pack(args.data, args.spacing, args.out, args.val_fraction, args.split_seed)
-        print(f"{args.out}: {n} training images at {args.spacing} mm")
+        logger.info("%s: %d training images at %s mm", args.out, n, args.spacing)
         return 0
-    print(fit(args))
+    fit(args)  # logs the run folder it wrote
     return 0
 
 
