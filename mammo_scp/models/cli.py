@@ -93,7 +93,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mammo_scp.models.train import TrainConfig, train
+    from mammo_scp.models.recipe import TrainConfig
+    from mammo_scp.models.train import train
 
     defaults = DEFAULT_MODEL_ARGS[args.kind]
     model = dict(defaults["model"])
@@ -183,8 +184,8 @@ class _Source:
 def _source(kind: str, run: Path, weights: str) -> _Source:
     """A run folder written by ``train`` (its best or last weights), or a shipped model
     folder (all its members, as shipped, with the training record its manifest holds)."""
+    from mammo_scp.models.recipe import load_npz
     from mammo_scp.models.store import MANIFEST, load_model
-    from mammo_scp.models.train import _load_npz
 
     if (run / MANIFEST).is_file():
         bundle = load_model(run.parent.parent, run.parent.name, run.name)
@@ -197,7 +198,7 @@ def _source(kind: str, run: Path, weights: str) -> _Source:
         return _Source(train, bundle.manifest["architecture"]["config"],
                        list(bundle.members), [{**shipped, **m} for m in members])
     cfg = json.loads((run / "train_config.json").read_text())
-    return _Source(cfg["train"], cfg["model"], [_load_npz(run / f"{weights}.npz")],
+    return _Source(cfg["train"], cfg["model"], [load_npz(run / f"{weights}.npz")],
                    [_member_record(kind, run, cfg, weights)])
 
 

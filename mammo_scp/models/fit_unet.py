@@ -28,20 +28,30 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mammo_scp.models import augment as aug
+from mammo_scp.models.recipe import (
+    TrainConfig,
+    TrainState,
+    Triple,
+    epoch_order,
+    make_examples,
+    save_npz,
+    write_config,
+)
 
 logger = logging.getLogger(__name__)
 
 # the training samples and the masses cut from them, in the trainer and in each worker
-_SAMPLES: list[tuple[np.ndarray, np.ndarray, list[int]]] = []
+_SAMPLES: list[Triple] = []
 _PATCHES: list[aug.MassPatch] = []
 
-Task = tuple[int, int, list[int], dict[str, Any]]  # epoch, step, sample indices, config
+Task = tuple[int, int, list[int], TrainConfig]  # epoch, step, sample indices, settings
 
 
 def pack(data: Path, spacing_mm: float, out: Path, val_fraction: float = 0.25,
@@ -64,7 +74,7 @@ def pack(data: Path, spacing_mm: float, out: Path, val_fraction: float = 0.25,
     return len(samples)
 
 
-def _read_pack(path: Path) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, list[int]]]]:
+def _read_pack(path: Path) -> tuple[dict[str, Any], list[Triple]]:
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         samples = [(z[f"image{i}"].astype(np.float32), z[f"masks{i}"].astype(np.float32),
@@ -84,38 +94,31 @@ def _load(path: Path) -> dict[str, Any]:
 def _batch(task: Task) -> tuple[np.ndarray, np.ndarray]:
     """One augmented batch; its randomness comes from (seed, epoch, step) alone."""
     epoch, step, idx, cfg = task
-    rng = np.random.default_rng([cfg["seed"], epoch, step])
-    examples = []
-    for i in idx:
-        image, masks, labels = _SAMPLES[i]
-        ex = aug.augment(image, masks, labels, tuple(cfg["train_shape"]), rng, patches=_PATCHES,
-                         spacing_mm=cfg["model_spacing_mm"], insert_prob=cfg["insert_prob"])
-        if cfg["crop"] is not None:
-            ex = aug.random_crop(ex, tuple(cfg["crop"]), rng, cfg["crop_lesion_prob"])
-        examples.append(ex)
+    rng = np.random.default_rng([cfg.seed, epoch, step])
+    examples = make_examples(_SAMPLES, idx, cfg, rng, _PATCHES)
     return (np.stack([e.image for e in examples])[..., None].astype(np.float32),
             np.stack([e.mask for e in examples])[..., None].astype(np.float32))
 
 
-def _epoch_tasks(cfg: dict[str, Any], epoch: int) -> list[Task]:
-    order: list[int] = []
-    for i, (_, masks, _) in enumerate(_SAMPLES):
-        order += [i] * (cfg["mass_repeat"] if len(masks) else 1)
-    np.random.default_rng([cfg["seed"], epoch]).shuffle(order)
-    b = cfg["batch"]
+def _epoch_tasks(cfg: TrainConfig, epoch: int) -> list[Task]:
+    """One epoch's batches as tasks for the worker pool (the recipe's epoch order, drawn
+    from (seed, epoch) so that any worker can make any batch)."""
+    order = epoch_order([len(masks) > 0 for _, masks, _ in _SAMPLES], cfg,
+                        np.random.default_rng([cfg.seed, epoch]))
+    b = cfg.batch
     return [(epoch, k, order[k * b:(k + 1) * b], cfg) for k in range(len(order) // b)]
 
 
-def _batches(cfg: dict[str, Any], pack_path: Path, workers: int
+def _batches(cfg: TrainConfig, pack_path: Path, workers: int
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every epoch's batches in order; the next epoch is augmented while this one trains.
 
     The workers are spawned, not forked: forking a process that runs JAX can deadlock."""
     with multiprocessing.get_context("spawn").Pool(workers, _load, (pack_path,)) as pool:
         pending = pool.map_async(_batch, _epoch_tasks(cfg, 0), chunksize=1)
-        for epoch in range(cfg["epochs"]):
+        for epoch in range(cfg.epochs):
             batches = pending.get()
-            if epoch + 1 < cfg["epochs"]:
+            if epoch + 1 < cfg.epochs:
                 pending = pool.map_async(_batch, _epoch_tasks(cfg, epoch + 1), chunksize=1)
             yield from batches
 
@@ -128,19 +131,16 @@ def fit(args: argparse.Namespace) -> Path:
     meta = _load(Path(args.pack))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "kind": "unet", "data": meta["data"], "out": str(out), "epochs": args.epochs,
-        "seed": args.seed, "batch": args.batch, "lr": args.lr,
-        "model_spacing_mm": meta["model_spacing_mm"], "train_shape": list(args.train_shape),
-        "val_fraction": meta["val_fraction"], "split_seed": meta["split_seed"],
-        "mass_repeat": args.mass_repeat, "insert_prob": args.insert_prob, "val_every": 0,
-        "stop_after": None, "crop": list(args.crop) if args.crop else None,
-        "crop_lesion_prob": args.crop_lesion_prob, "init_weights": None, "ema": args.ema,
-        "model": {"width": args.width, "depth": args.depth},
-        "command": " ".join(shlex.quote(a) for a in
-                            ["python", "-m", "mammo_scp.models.fit_unet", *args.argv]),
-        "backend": keras.backend.backend(),
-    }
+    cfg = TrainConfig(
+        kind="unet", data=meta["data"], out=str(out), epochs=args.epochs, seed=args.seed,
+        batch=args.batch, lr=args.lr, model_spacing_mm=meta["model_spacing_mm"],
+        train_shape=tuple(args.train_shape), val_fraction=meta["val_fraction"],
+        split_seed=meta["split_seed"], mass_repeat=args.mass_repeat,
+        insert_prob=args.insert_prob, val_every=0,
+        crop=tuple(args.crop) if args.crop else None, crop_lesion_prob=args.crop_lesion_prob,
+        ema=args.ema, model={"width": args.width, "depth": args.depth})
+    command = " ".join(shlex.quote(a) for a in
+                       ["python", "-m", "mammo_scp.models.fit_unet", *args.argv])
     keras.utils.set_random_seed(args.seed)
     ucfg = UNetConfig(width=args.width, depth=args.depth)
     model = build_unet(ucfg)
@@ -172,13 +172,12 @@ def fit(args: argparse.Namespace) -> Path:
     model.fit(_batches(cfg, Path(args.pack), args.workers), steps_per_epoch=steps,
               epochs=args.epochs, callbacks=[Log()], verbose=0)
     weights = model.get_weights()  # the weight average, when there is one (put in at the end)
-    np.savez(out / "last.npz", *weights)
-    (out / "train_config.json").write_text(json.dumps(
-        {"train": cfg, "model": ucfg.to_dict()}, indent=2))
+    save_npz(out / "last.npz", weights)
+    write_config(out, cfg, ucfg.to_dict(), command=command, backend=keras.backend.backend())
     ckpt = out / "checkpoint"
     ckpt.mkdir(exist_ok=True)
-    state = {"epoch": len(history), "best": -1.0, "best_epoch": -1, "history": history}
-    (ckpt / "state.json").write_text(json.dumps({"state": state}))
+    state = TrainState(epoch=len(history), history=history)
+    (ckpt / "state.json").write_text(json.dumps({"state": asdict(state)}))
     logger.info("wrote %s after %d epochs in %.0f s", out, len(history), time.time() - started)
     return out
 

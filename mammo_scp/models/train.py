@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,51 +30,21 @@ from tqdm import tqdm
 from mammo_scp.models import augment as aug
 from mammo_scp.models.data import Sample, load_records, load_samples, split_by_woman
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
+from mammo_scp.models.recipe import (
+    TrainConfig,
+    TrainState,
+    Triple,
+    epoch_order,
+    load_npz,
+    make_examples,
+    save_npz,
+    write_config,
+)
 from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
 
 logger = logging.getLogger(__name__)
 
 MAX_GT = 4
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What to train on and how long."""
-
-    kind: str  # "unet" | "frcnn"
-    data: str
-    out: str
-    epochs: int = 60
-    seed: int = 0
-    batch: int = 4
-    lr: float = 1e-3
-    model_spacing_mm: float = 0.8
-    train_shape: tuple[int, int] = (256, 192)
-    val_fraction: float = 0.25
-    split_seed: int = 0
-    mass_repeat: int = 2  # mass images appear this many times per epoch
-    insert_prob: float = 0.5
-    val_every: int = 2
-    stop_after: int | None = None  # train at most this many epochs in this invocation
-    crop: tuple[int, int] | None = None  # train on windows of this size (U-Net)
-    crop_lesion_prob: float = 0.7
-    init_weights: str | None = None  # start from a run's .npz or a shipped model folder
-    ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
-
-    def __post_init__(self) -> None:
-        # JSON gives lists; shapes are tuples everywhere else
-        object.__setattr__(self, "train_shape", tuple(int(v) for v in self.train_shape))
-        if self.crop is not None:
-            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
-    model: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0
-    best: float = -1.0
-    best_epoch: int = -1
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def set_determinism(seed: int) -> None:
@@ -107,34 +77,10 @@ def prepare(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[aug.Mass
     return train, val, patches
 
 
-def epoch_order(train: list[Sample], cfg: TrainConfig, rng: np.random.Generator) -> list[int]:
-    order = []
-    for i, s in enumerate(train):
-        order += [i] * (cfg.mass_repeat if s.record.is_mass else 1)
-    rng.shuffle(order)
-    usable = len(order) - len(order) % cfg.batch
-    return order[:usable]
-
-
-def make_examples(train: list[Sample], idx: list[int], cfg: TrainConfig,
-                  rng: np.random.Generator, patches: list[aug.MassPatch]) -> list[aug.Example]:
-    return [aug.augment(train[i].image, train[i].lesion_masks,
-                        [les.label for les in train[i].record.lesions], cfg.train_shape, rng,
-                        patches=patches, spacing_mm=cfg.model_spacing_mm,
-                        insert_prob=cfg.insert_prob) for i in idx]
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, *arrays)
-    os.replace(tmp, path)
-
-
-def _load_npz(path: Path) -> list[np.ndarray]:
-    with np.load(path) as z:
-        return [z[f"arr_{i}"] for i in range(len(z.files))]
+def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
+    """The training samples as the recipe takes them, and which of them hold a mass."""
+    return ([(s.image, s.lesion_masks, [les.label for les in s.record.lesions]) for s in train],
+            [s.record.is_mass for s in train])
 
 
 def load_init_weights(path: Path) -> list[np.ndarray]:
@@ -144,7 +90,7 @@ def load_init_weights(path: Path) -> list[np.ndarray]:
         from mammo_scp.models.store import load_model
 
         return load_model(path.parent.parent, path.parent.name, path.name).weights
-    return _load_npz(path)
+    return load_npz(path)
 
 
 def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizers.Optimizer,
@@ -156,8 +102,8 @@ def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizer
     ckpt.mkdir(parents=True, exist_ok=True)
     if average is not None:
         average.save(ckpt / "ema.npz")
-    _save_npz(ckpt / "variables.npz", [np.asarray(v.numpy()) for v in variables])
-    _save_npz(ckpt / "optimizer.npz", [np.asarray(v.numpy()) for v in optimizer.variables])
+    save_npz(ckpt / "variables.npz", [np.asarray(v.numpy()) for v in variables])
+    save_npz(ckpt / "optimizer.npz", [np.asarray(v.numpy()) for v in optimizer.variables])
     tmp = ckpt / "state.json.tmp"
     tmp.write_text(json.dumps({"state": asdict(state), "rng": rng.bit_generator.state}))
     os.replace(tmp, ckpt / "state.json")
@@ -166,14 +112,14 @@ def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizer
 def load_checkpoint(ckpt: Path, all_variables: list[Any],
                     optimizer: keras.optimizers.Optimizer, variables: list[Any],
                     rng: np.random.Generator) -> TrainState:
-    saved_vars = _load_npz(ckpt / "variables.npz")
+    saved_vars = load_npz(ckpt / "variables.npz")
     if len(saved_vars) != len(all_variables):
         raise ValueError(f"checkpoint {ckpt} does not match this model: "
                          f"{len(saved_vars)} variables saved, {len(all_variables)} expected")
     for var, value in zip(all_variables, saved_vars, strict=True):
         var.assign(value)
     optimizer.build(variables)
-    for var, value in zip(optimizer.variables, _load_npz(ckpt / "optimizer.npz"), strict=True):
+    for var, value in zip(optimizer.variables, load_npz(ckpt / "optimizer.npz"), strict=True):
         var.assign(value)
     saved = json.loads((ckpt / "state.json").read_text())
     rng.bit_generator.state = saved["rng"]
@@ -213,10 +159,10 @@ class WeightAverage:
                 var.assign(value)
 
     def save(self, path: Path) -> None:
-        _save_npz(path, [np.asarray(a.numpy()) for a in self.averages])
+        save_npz(path, [np.asarray(a.numpy()) for a in self.averages])
 
     def load(self, path: Path) -> None:
-        for avg, value in zip(self.averages, _load_npz(path), strict=True):
+        for avg, value in zip(self.averages, load_npz(path), strict=True):
             avg.assign(value)
 
 
@@ -261,7 +207,8 @@ def train_unet(cfg: TrainConfig) -> Path:
         model.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
     rng = np.random.default_rng(cfg.seed)
-    steps = len(epoch_order(train, cfg, np.random.default_rng(0))) // cfg.batch
+    triples, has_mass = training_triples(train)
+    steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
     optimizer = _optimizer(cfg, steps)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
@@ -283,19 +230,16 @@ def train_unet(cfg: TrainConfig) -> Path:
             average.update()
         return loss, dice_coefficient(y, pred)
 
-    _write_config(out, cfg, ucfg.to_dict())
+    write_config(out, cfg, ucfg.to_dict())
     first_epoch = state.epoch
     while state.epoch < cfg.epochs:
-        order = epoch_order(train, cfg, rng)
+        order = epoch_order(has_mass, cfg, rng)
         losses = []
         t0 = time.time()
         bar = tqdm(range(0, len(order), cfg.batch), desc=f"unet epoch {state.epoch + 1}",
                    mininterval=5.0, leave=False)
         for start in bar:
-            ex = make_examples(train, order[start:start + cfg.batch], cfg, rng, patches)
-            if cfg.crop is not None:
-                window = (int(cfg.crop[0]), int(cfg.crop[1]))
-                ex = [aug.random_crop(e, window, rng, cfg.crop_lesion_prob) for e in ex]
+            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches)
             x = np.stack([e.image for e in ex])[..., None]
             y = np.stack([e.mask for e in ex])[..., None]
             loss, _ = step(tf.constant(x), tf.constant(y))
@@ -310,8 +254,8 @@ def train_unet(cfg: TrainConfig) -> Path:
                 record["val_dice"] = dice
                 if dice > state.best:
                     state.best, state.best_epoch = dice, state.epoch
-                    _save_npz(out / "best.npz", model.get_weights())
-            _save_npz(out / "last.npz", model.get_weights())
+                    save_npz(out / "best.npz", model.get_weights())
+            save_npz(out / "last.npz", model.get_weights())
         state.history.append(record)
         logger.info("unet %s", json.dumps(record))
         save_checkpoint(ckpt, list(model.variables), optimizer, state, rng, average)
@@ -371,7 +315,8 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     window = (int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop is not None else cfg.train_shape
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
     rng = np.random.default_rng(cfg.seed)
-    steps = len(epoch_order(train, cfg, np.random.default_rng(0))) // cfg.batch
+    triples, has_mass = training_triples(train)
+    steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
     optimizer = _optimizer(cfg, steps)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
@@ -394,19 +339,17 @@ def train_frcnn(cfg: TrainConfig) -> Path:
             average.update()
         return {**parts, "total": total}
 
-    _write_config(out, cfg, frc.to_dict())
+    write_config(out, cfg, frc.to_dict())
     first_epoch = state.epoch
     while state.epoch < cfg.epochs:
-        order = epoch_order(train, cfg, rng)
+        order = epoch_order(has_mass, cfg, rng)
         sums: dict[str, float] = {}
         t0 = time.time()
         bar = tqdm(range(0, len(order), cfg.batch), desc=f"frcnn epoch {state.epoch + 1}",
                    mininterval=5.0, leave=False)
         n = 0
         for start in bar:
-            ex = make_examples(train, order[start:start + cfg.batch], cfg, rng, patches)
-            if cfg.crop is not None:
-                ex = [aug.random_crop(e, window, rng, cfg.crop_lesion_prob) for e in ex]
+            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches)
             batch = frcnn_batch(ex, frc, anchors, rng)
             seed = rng.integers(0, 2**31 - 1, size=2).astype(np.int32)
             parts = step(*(tf.constant(a) for a in batch), tf.constant(seed))
@@ -423,20 +366,14 @@ def train_frcnn(cfg: TrainConfig) -> Path:
                 record["val_sens_at_1fp"] = sens
                 if sens >= state.best:
                     state.best, state.best_epoch = sens, state.epoch
-                    _save_npz(out / "best.npz", net.get_weights())
-            _save_npz(out / "last.npz", net.get_weights())
+                    save_npz(out / "best.npz", net.get_weights())
+            save_npz(out / "last.npz", net.get_weights())
         state.history.append(record)
         logger.info("frcnn %s", json.dumps(record))
         save_checkpoint(ckpt, net.variables, optimizer, state, rng, average)
         if cfg.stop_after is not None and state.epoch - first_epoch >= cfg.stop_after:
             break
     return out
-
-
-def _write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(
-        {"train": asdict(cfg), "model": model_cfg}, indent=2))
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -11,8 +11,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammo_scp.models.cli import add_models_parser
+from mammo_scp.models.recipe import load_npz
 from mammo_scp.models.store import ModelStoreError, load_model
-from mammo_scp.models.train import _load_npz, load_init_weights
+from mammo_scp.models.train import load_init_weights
 from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
 
 
@@ -65,7 +66,7 @@ def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
     assert _run("models", "train", "unet", "--out", str(split), "--epochs", "2", *common) == 2
     assert _run("models", "train", "unet", "--out", str(split), "--epochs", "2", "--resume",
                 *common) == 0
-    a, b = _load_npz(straight / "last.npz"), _load_npz(split / "last.npz")
+    a, b = load_npz(straight / "last.npz"), load_npz(split / "last.npz")
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     state = json.loads((split / "checkpoint" / "state.json").read_text())["state"]
     assert state["epoch"] == 2 and len(state["history"]) == 2
@@ -86,11 +87,11 @@ def test_the_weight_average_is_what_is_saved_and_it_resumes_exactly(dicom_folder
     assert _run("models", "train", "unet", "--out", str(split), "--stop-after", "1",
                 *common) == 0
     assert _run("models", "train", "unet", "--out", str(split), "--resume", *common) == 0
-    a, b = _load_npz(straight / "last.npz"), _load_npz(split / "last.npz")
+    a, b = load_npz(straight / "last.npz"), load_npz(split / "last.npz")
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     # last.npz holds the average, not the raw weights the optimiser left
-    average = _load_npz(straight / "checkpoint" / "ema.npz")
-    raw = _load_npz(straight / "checkpoint" / "variables.npz")
+    average = load_npz(straight / "checkpoint" / "ema.npz")
+    raw = load_npz(straight / "checkpoint" / "variables.npz")
     kernel = a[0]
     assert any(np.array_equal(kernel, x) for x in average)
     assert not any(x.shape == kernel.shape and np.array_equal(kernel, x) for x in raw)
@@ -119,7 +120,7 @@ def test_runs_ship_as_one_ensemble_only_when_they_share_architecture_and_split(
     assert len(bundle.members) == 2
     for member, run in zip(bundle.members, (first, second), strict=True):
         assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
-                   for x, y in zip(member, _load_npz(run / "last.npz"), strict=True))
+                   for x, y in zip(member, load_npz(run / "last.npz"), strict=True))
     training = bundle.manifest["training"]
     assert [m["config"]["seed"] for m in training["members"]] == [1, 2]
     assert training["split"]["val_images"]
@@ -166,7 +167,7 @@ def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(
         start, load_model(tmp_path / "models", "unet").weights, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(
-        start, _load_npz(first / "last.npz"), strict=True))  # float16 rounding: not the .npz
+        start, load_npz(first / "last.npz"), strict=True))  # float16 rounding: not the .npz
     again = tmp_path / "again"
     assert _run("models", "train", "unet", "--out", str(again), "--epochs", "1",
                 "--init", str(shipped), *common) == 0
@@ -204,4 +205,4 @@ def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
     assert bundle.manifest["training"]["command"].startswith(
         "python -m mammo_scp.models.fit_unet fit --pack")
     assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
-               for x, y in zip(bundle.weights, _load_npz(run / "last.npz"), strict=True))
+               for x, y in zip(bundle.weights, load_npz(run / "last.npz"), strict=True))

@@ -1,0 +1,111 @@
+"""The training recipe both trainers share, with no TensorFlow in it.
+
+``models train`` (:mod:`mammo_scp.models.train`, TensorFlow) and ``fit_unet`` (any Keras
+backend, on a machine that may have no TensorFlow) take their settings, the order of each
+epoch's images, their augmented examples and their weight files from here, so the two cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammo_scp.models import augment as aug
+
+#: One training image in model space: the image, its lesion masks (N, H, W), their labels.
+Triple = tuple[np.ndarray, np.ndarray, list[int]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how long."""
+
+    kind: str  # "unet" | "frcnn"
+    data: str
+    out: str
+    epochs: int = 60
+    seed: int = 0
+    batch: int = 4
+    lr: float = 1e-3
+    model_spacing_mm: float = 0.8
+    train_shape: tuple[int, int] = (256, 192)
+    val_fraction: float = 0.25
+    split_seed: int = 0
+    mass_repeat: int = 2  # mass images appear this many times per epoch
+    insert_prob: float = 0.5
+    val_every: int = 2
+    stop_after: int | None = None  # train at most this many epochs in this invocation
+    crop: tuple[int, int] | None = None  # train on windows of this size
+    crop_lesion_prob: float = 0.7
+    init_weights: str | None = None  # start from a run's .npz or a shipped model folder
+    ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; shapes are tuples everywhere else
+        object.__setattr__(self, "train_shape", tuple(int(v) for v in self.train_shape))
+        if self.crop is not None:
+            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def epoch_order(has_mass: Sequence[bool], cfg: TrainConfig, rng: np.random.Generator
+                ) -> list[int]:
+    """One epoch's image indices, shuffled: an image with a mass ``cfg.mass_repeat`` times,
+    the rest once; cut to whole batches."""
+    order = []
+    for i, mass in enumerate(has_mass):
+        order += [i] * (cfg.mass_repeat if mass else 1)
+    rng.shuffle(order)
+    usable = len(order) - len(order) % cfg.batch
+    return order[:usable]
+
+
+def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfig,
+                  rng: np.random.Generator, patches: list[aug.MassPatch]) -> list[aug.Example]:
+    """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
+    augmented first, then all cut: the order the random numbers are drawn in)."""
+    examples = [aug.augment(image, masks, labels, cfg.train_shape, rng, patches=patches,
+                            spacing_mm=cfg.model_spacing_mm, insert_prob=cfg.insert_prob)
+                for image, masks, labels in (samples[i] for i in idx)]
+    if cfg.crop is not None:
+        examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob) for e in examples]
+    return examples
+
+
+def save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, *arrays)
+    os.replace(tmp, path)
+
+
+def load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra: Any) -> None:
+    """``out/train_config.json``: the settings, the network's config, and ``extra`` beside
+    the settings (``fit_unet`` records its command line and backend there)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": {**asdict(cfg), **extra}, "model": model_cfg}, indent=2))
+
+
+__all__ = ["TrainConfig", "TrainState", "Triple", "epoch_order", "load_npz", "make_examples",
+           "save_npz", "write_config"]
