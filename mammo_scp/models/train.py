@@ -83,6 +83,8 @@ def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
             [s.record.is_mass for s in train])
 
 
+# ------------------------------------------------------------------------------ checkpoints
+
 def load_init_weights(path: Path) -> list[np.ndarray]:
     """Weights to start from: a run's ``.npz`` or a shipped model folder
     (``models/unet/1.0.0``, verified against its manifest's sha256)."""
