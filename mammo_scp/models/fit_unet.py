@@ -41,6 +41,8 @@ from mammo_scp.models.recipe import (
     Triple,
     epoch_order,
     make_examples,
+    mass_patches,
+    optimizer,
     save_npz,
     write_config,
 )
@@ -86,8 +88,7 @@ def _load(path: Path) -> dict[str, Any]:
     """Read a pack into this process' ``_SAMPLES`` and ``_PATCHES``; its metadata."""
     global _SAMPLES, _PATCHES
     meta, _SAMPLES = _read_pack(path)
-    _PATCHES = [p for image, masks, labels in _SAMPLES if len(masks)
-                for p in aug.cut_mass_patches(image, masks, labels)]
+    _PATCHES = mass_patches(_SAMPLES)
     return meta
 
 
@@ -145,11 +146,9 @@ def fit(args: argparse.Namespace) -> Path:
     ucfg = UNetConfig(width=args.width, depth=args.depth)
     model = build_unet(ucfg)
     steps = len(_epoch_tasks(cfg, 0))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.lr, decay_steps=max(1, args.epochs * steps), alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(
-        learning_rate=schedule, clipnorm=5.0, use_ema=args.ema is not None,
-        ema_momentum=args.ema if args.ema is not None else 0.99), loss=segmentation_loss)
+    model.compile(optimizer=optimizer(cfg, steps, use_ema=cfg.ema is not None,
+                                      ema_momentum=cfg.ema if cfg.ema is not None else 0.99),
+                  loss=segmentation_loss)
     history: list[dict[str, float]] = []
     started = time.time()
 

@@ -13,11 +13,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mammo_scp.models import augment as aug
+
+if TYPE_CHECKING:
+    import keras
 
 #: One training image in model space: the image, its lesion masks (N, H, W), their labels.
 Triple = tuple[np.ndarray, np.ndarray, list[int]]
@@ -75,6 +78,22 @@ def epoch_order(has_mass: Sequence[bool], cfg: TrainConfig, rng: np.random.Gener
     return order[:usable]
 
 
+def mass_patches(samples: Sequence[Triple]) -> list[aug.MassPatch]:
+    """The masses cut from the training images, for insertion into others."""
+    return [patch for image, masks, labels in samples if len(masks)
+            for patch in aug.cut_mass_patches(image, masks, labels)]
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int, **adam: Any) -> keras.optimizers.Optimizer:
+    """Adam (gradients clipped to norm 5) on a cosine schedule from ``cfg.lr`` down to 2 % of
+    it over the whole run; ``adam``: more Adam arguments (``fit_unet``: Keras' weight average)."""
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.lr, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02)
+    return keras.optimizers.Adam(learning_rate=schedule, clipnorm=5.0, **adam)
+
+
 def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfig,
                   rng: np.random.Generator, patches: list[aug.MassPatch]) -> list[aug.Example]:
     """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
@@ -108,4 +127,4 @@ def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra
 
 
 __all__ = ["TrainConfig", "TrainState", "Triple", "epoch_order", "load_npz", "make_examples",
-           "save_npz", "write_config"]
+           "mass_patches", "optimizer", "save_npz", "write_config"]

@@ -37,9 +37,11 @@ from mammo_scp.models.recipe import (
     epoch_order,
     load_npz,
     make_examples,
+    mass_patches,
     save_npz,
     write_config,
 )
+from mammo_scp.models.recipe import optimizer as recipe_optimizer
 from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,7 @@ def prepare(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[aug.Mass
                 sum(r.is_mass for r in val_recs))
     train = load_samples(train_recs, cfg.model_spacing_mm)
     val = load_samples(val_recs, cfg.model_spacing_mm)
-    patches: list[aug.MassPatch] = []
-    for s in train:
-        if s.record.lesions:
-            patches += aug.cut_mass_patches(s.image, s.lesion_masks,
-                                            [les.label for les in s.record.lesions])
-    return train, val, patches
+    return train, val, mass_patches(training_triples(train)[0])
 
 
 def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
@@ -177,13 +174,6 @@ def _weight_average(cfg: TrainConfig, variables: list[Any], ckpt: Path) -> Weigh
     return average
 
 
-def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.lr, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02,
-        warmup_target=None)
-    return keras.optimizers.Adam(learning_rate=schedule, clipnorm=5.0)
-
-
 # ------------------------------------------------------------------------------------ U-Net
 
 def unet_val_dice(model: keras.Model, val: list[Sample]) -> float:
@@ -211,7 +201,7 @@ def train_unet(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
     steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
-    optimizer = _optimizer(cfg, steps)
+    optimizer = recipe_optimizer(cfg, steps)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     state = TrainState()
@@ -319,7 +309,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
     steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
-    optimizer = _optimizer(cfg, steps)
+    optimizer = recipe_optimizer(cfg, steps)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     state = TrainState()
