@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +106,15 @@ class EvalResult:
     iou: float
     ms_per_image: float
     operating_point: dict[str, float] | None = None
+    dice_per_image: dict[str, float] = field(default_factory=dict)  # mass images, by key
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
                 "n_lesions": self.n_lesions, "froc_sensitivity": self.froc,
                 "malignancy_auc": self.malignancy_auc, "mass_auc": self.mass_auc,
                 "dice_mass_images": self.dice, "iou_mass_images": self.iou,
-                "ms_per_image": self.ms_per_image, "operating_point": self.operating_point}
+                "ms_per_image": self.ms_per_image, "operating_point": self.operating_point,
+                "dice_per_image": self.dice_per_image}
 
 
 def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
@@ -146,6 +148,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     per_image: list[ImageDetections] = []
     mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
     dices, ious = [], []
+    dice_per_image: dict[str, float] = {}
     elapsed = 0.0
     for rec in records:
         src = read_source(rec)
@@ -164,6 +167,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         if rec.is_mass:
             d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
             dices.append(d)
+            dice_per_image[rec.key] = d
             ious.append(j)
     fp, sens = froc_curve(per_image)
     rates = froc_points(per_image)
@@ -175,7 +179,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         dice=float(np.mean(dices)) if dices else 0.0, iou=float(np.mean(ious)) if ious else 0.0,
         ms_per_image=1000.0 * elapsed / max(len(records), 1),
         operating_point=operating_point(per_image, float(getattr(analyzer, "score_threshold",
-                                                                 0.5))))
+                                                                 0.5))),
+        dice_per_image=dice_per_image)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
-from mammo_scp.models.evaluate import dice_iou, froc_curve, froc_points, plot_froc, roc_auc
+from mammo_scp.models.data import load_records, truth_mask
+from mammo_scp.models.evaluate import (
+    dice_iou,
+    evaluate,
+    froc_curve,
+    froc_points,
+    plot_froc,
+    roc_auc,
+)
 
 
 def test_froc_counts_centres_inside_circles():
@@ -35,3 +45,29 @@ def test_auc_and_overlap(tmp_path):
     assert dice_iou(a, b) == (0.5, 1 / 3)
     plot_froc(np.array([0, 0.5, 2]), np.array([0, 0.5, 1]), tmp_path / "f.png", "t")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_evaluation_gives_each_mass_images_dice(mias_dir):
+    """An analyzer whose mask is the truth on one mass image and the upper half of it on
+    another: Dice 1 and 2/3 by key, their mean overall; normal images have no Dice."""
+    records = load_records(mias_dir)
+    masses = [r for r in records if r.is_mass][:2]
+    normal = next(r for r in records if not r.is_mass)
+    by_key = {r.key: r for r in records}
+
+    class Truthful:
+        score_threshold = 0.5
+
+        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold):
+            mask = truth_mask(by_key[key], src.shape[:2])
+            if key == masses[1].key:
+                rows = np.nonzero(mask.any(axis=1))[0]
+                mask[(rows[0] + rows[-1]) // 2 + 1:] = False
+            return SimpleNamespace(findings=[], mask=mask)
+
+    res = evaluate([masses[0], normal, masses[1]], Truthful())
+    assert set(res.dice_per_image) == {masses[0].key, masses[1].key}
+    assert res.dice_per_image[masses[0].key] == 1.0
+    assert abs(res.dice_per_image[masses[1].key] - 2 / 3) < 0.02  # half a circle, to a row
+    assert res.dice == np.mean(list(res.dice_per_image.values()))
+    assert res.to_dict()["dice_per_image"] == res.dice_per_image
