@@ -32,6 +32,9 @@ class MassPatch:
     alpha: np.ndarray
     label: int
 
+#: The zoom range of :func:`augment` unless a recipe says otherwise.
+DEFAULT_SCALE = (0.85, 1.15)
+
 
 def fit(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Crop or zero-pad the last two axes to ``shape`` (top-left anchored)."""
@@ -151,8 +154,10 @@ def _elastic(shape: tuple[int, int], rng: np.random.Generator, alpha: float, sig
 def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
             out_shape: tuple[int, int], rng: np.random.Generator, *,
             patches: list[MassPatch] | None = None, spacing_mm: float = 0.8,
-            insert_prob: float = 0.5, elastic: bool = True) -> Example:
-    """A random training view of one sample at the fixed ``out_shape``."""
+            insert_prob: float = 0.5, elastic: bool = True,
+            scale: tuple[float, float] = DEFAULT_SCALE) -> Example:
+    """A random training view of one sample at the fixed ``out_shape``, zoomed by a factor
+    drawn from ``scale``."""
     img = image.astype(np.float32)
     masks = lesion_masks.astype(np.float32)
     labs = list(labels)
@@ -164,7 +169,7 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
             img, masks, labs = insert_synthetic_mass(img, masks, labs, rng, spacing_mm)
     h, w = img.shape
     centre = (w / 2.0, h / 2.0)
-    m = cv2.getRotationMatrix2D(centre, float(rng.uniform(-12, 12)), float(rng.uniform(0.85, 1.15)))
+    m = cv2.getRotationMatrix2D(centre, float(rng.uniform(-12, 12)), float(rng.uniform(*scale)))
     m[:, 2] += rng.uniform(-0.06, 0.06, 2) * np.array([w, h])
     def warp(a: np.ndarray) -> np.ndarray:
         return np.asarray(cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR,

@@ -59,6 +59,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--crop-lesion-prob", type=float, default=0.7,
                     help="share of windows centred on a mass when the image has one")
     tr.add_argument("--val-every", type=int, default=2)
+    tr.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="zoom range of the augmentation (default 0.85 1.15)")
     tr.add_argument("--ema", type=float, default=None, metavar="DECAY",
                     help="keep an exponential moving average of the weights with this decay "
                          "per step (e.g. 0.998) and validate and save it instead of the raw "
@@ -106,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.train_shape:
         extra["train_shape"] = tuple(args.train_shape)
+    if args.scale is not None:
+        extra["scale"] = tuple(args.scale)
     ckpt = args.out / "checkpoint" / "state.json"
     if ckpt.is_file() and not args.resume:
         print(f"error: {args.out} already holds a checkpoint; pass --resume to continue it or "
@@ -151,9 +155,14 @@ def _export(args: argparse.Namespace) -> int:
         training = {"data": data, "ensemble": f"{len(members)} networks trained apart, "
                     "outputs averaged (U-Net) or fused (detector)", "members": members,
                     "split": split}
+    trained_on = sorted({m["config"].get("backend", "tensorflow") for m in members
+                         if "config" in m})
+    framework = "keras 3 / tensorflow"
+    if trained_on and trained_on != ["tensorflow"]:  # fit_unet records its backend
+        framework += f" (trained on keras 3 / {', '.join(trained_on)})"
     manifest = {
         "architecture": {"kind": args.kind, "config": mcfg,
-                         "framework": "keras 3 / tensorflow", "why": _why(args.kind, mcfg, tcfg)},
+                         "framework": framework, "why": _why(args.kind, mcfg, tcfg)},
         "input": {"pixel_spacing_mm": tcfg["model_spacing_mm"], "channels": 1,
                   "pad_multiple": 32, "range": "[0, 1] after CLAHE",
                   "preprocessing": "mammo_scp.preprocess: modality/VOI LUT, MONOCHROME1 invert, "
@@ -225,6 +234,8 @@ def _thresholds(kind: str, pairs: list[str]) -> dict[str, Any]:
 def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
     """The ``mammo-scp models train`` line that reproduces a run (or the command line of
     another trainer, ``fit_unet``, which records its own)."""
+    from mammo_scp.models.augment import DEFAULT_SCALE
+
     if tcfg.get("command"):
         return str(tcfg["command"])
     argv = ["mammo-scp", "models", "train", kind, "--data", tcfg["data"], "--out", tcfg["out"],
@@ -236,6 +247,8 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
     if tcfg.get("crop"):
         argv += ["--crop", *(str(v) for v in tcfg["crop"]),
                  "--crop-lesion-prob", str(tcfg["crop_lesion_prob"])]
+    if tuple(tcfg.get("scale", DEFAULT_SCALE)) != DEFAULT_SCALE:
+        argv += ["--scale", *(f"{v:g}" for v in tcfg["scale"])]
     if kind == "frcnn" and "anchor_sizes" in mcfg:
         argv += ["--anchors", *(f"{v:g}" for v in mcfg["anchor_sizes"])]
     if tcfg.get("init_weights"):

@@ -40,6 +40,7 @@ from mammo_scp.models.recipe import (
     TrainState,
     Triple,
     epoch_order,
+    load_init_weights,
     make_examples,
     mass_patches,
     optimizer,
@@ -137,14 +138,18 @@ def fit(args: argparse.Namespace) -> Path:
         batch=args.batch, lr=args.lr, model_spacing_mm=meta["model_spacing_mm"],
         train_shape=tuple(args.train_shape), val_fraction=meta["val_fraction"],
         split_seed=meta["split_seed"], mass_repeat=args.mass_repeat,
-        insert_prob=args.insert_prob, val_every=0,
+        insert_prob=args.insert_prob, scale=tuple(args.scale), val_every=0,
         crop=tuple(args.crop) if args.crop else None, crop_lesion_prob=args.crop_lesion_prob,
-        ema=args.ema, model={"width": args.width, "depth": args.depth})
+        init_weights=str(args.init) if args.init else None, ema=args.ema,
+        model={"width": args.width, "depth": args.depth})
     command = " ".join(shlex.quote(a) for a in
                        ["python", "-m", "mammo_scp.models.fit_unet", *args.argv])
     keras.utils.set_random_seed(args.seed)
     ucfg = UNetConfig(width=args.width, depth=args.depth)
     model = build_unet(ucfg)
+    if cfg.init_weights:
+        model.set_weights(load_init_weights(Path(cfg.init_weights)))
+        logger.info("initialised from %s", cfg.init_weights)
     steps = len(_epoch_tasks(cfg, 0))
     model.compile(optimizer=optimizer(cfg, steps, use_ema=cfg.ema is not None,
                                       ema_momentum=cfg.ema if cfg.ema is not None else 0.99),
@@ -206,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--crop-lesion-prob", type=float, default=0.7)
     f.add_argument("--mass-repeat", type=int, default=3)
     f.add_argument("--insert-prob", type=float, default=0.5)
+    f.add_argument("--scale", type=float, nargs=2, default=aug.DEFAULT_SCALE, metavar=("LO", "HI"),
+                   help="zoom range of the augmentation")
     f.add_argument("--ema", type=float, default=None)
+    f.add_argument("--init", type=Path, default=None,
+                   help="start from a run's .npz or a shipped model folder (models/unet/V)")
     f.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     f.add_argument("--budget-s", type=float, default=None,
                    help="stop after the epoch that passes this many seconds")

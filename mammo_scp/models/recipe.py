@@ -43,6 +43,7 @@ class TrainConfig:
     split_seed: int = 0
     mass_repeat: int = 2  # mass images appear this many times per epoch
     insert_prob: float = 0.5
+    scale: tuple[float, float] = aug.DEFAULT_SCALE  # zoom range of the augmentation
     val_every: int = 2
     stop_after: int | None = None  # train at most this many epochs in this invocation
     crop: tuple[int, int] | None = None  # train on windows of this size
@@ -54,6 +55,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # JSON gives lists; shapes are tuples everywhere else
         object.__setattr__(self, "train_shape", tuple(int(v) for v in self.train_shape))
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
 
@@ -99,11 +101,22 @@ def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfi
     """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
     augmented first, then all cut: the order the random numbers are drawn in)."""
     examples = [aug.augment(image, masks, labels, cfg.train_shape, rng, patches=patches,
-                            spacing_mm=cfg.model_spacing_mm, insert_prob=cfg.insert_prob)
+                            spacing_mm=cfg.model_spacing_mm, insert_prob=cfg.insert_prob,
+                            scale=cfg.scale)
                 for image, masks, labels in (samples[i] for i in idx)]
     if cfg.crop is not None:
         examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob) for e in examples]
     return examples
+
+
+def load_init_weights(path: Path) -> list[np.ndarray]:
+    """Weights to start from: a run's ``.npz`` or a shipped model folder
+    (``models/unet/1.0.0``, verified against its manifest's sha256)."""
+    if path.is_dir():
+        from mammo_scp.models.store import load_model
+
+        return load_model(path.parent.parent, path.parent.name, path.name).weights
+    return load_npz(path)
 
 
 def save_npz(path: Path, arrays: list[np.ndarray]) -> None:
@@ -126,5 +139,5 @@ def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra
         {"train": {**asdict(cfg), **extra}, "model": model_cfg}, indent=2))
 
 
-__all__ = ["TrainConfig", "TrainState", "Triple", "epoch_order", "load_npz", "make_examples",
-           "mass_patches", "optimizer", "save_npz", "write_config"]
+__all__ = ["TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights", "load_npz",
+           "make_examples", "mass_patches", "optimizer", "save_npz", "write_config"]

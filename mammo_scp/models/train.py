@@ -35,6 +35,7 @@ from mammo_scp.models.recipe import (
     TrainState,
     Triple,
     epoch_order,
+    load_init_weights,
     load_npz,
     make_examples,
     mass_patches,
@@ -81,16 +82,6 @@ def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-
-def load_init_weights(path: Path) -> list[np.ndarray]:
-    """Weights to start from: a run's ``.npz`` or a shipped model folder
-    (``models/unet/1.0.0``, verified against its manifest's sha256)."""
-    if path.is_dir():
-        from mammo_scp.models.store import load_model
-
-        return load_model(path.parent.parent, path.parent.name, path.name).weights
-    return load_npz(path)
-
 
 def save_checkpoint(ckpt: Path, variables: list[Any], optimizer: keras.optimizers.Optimizer,
                     state: TrainState, rng: np.random.Generator,

@@ -11,9 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammo_scp.models.cli import add_models_parser
-from mammo_scp.models.recipe import load_npz
+from mammo_scp.models.recipe import load_init_weights, load_npz
 from mammo_scp.models.store import ModelStoreError, load_model
-from mammo_scp.models.train import load_init_weights
 from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
 
 
@@ -206,3 +205,20 @@ def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
         "python -m mammo_scp.models.fit_unet fit --pack")
     assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
                for x, y in zip(bundle.weights, load_npz(run / "last.npz"), strict=True))
+    assert bundle.manifest["architecture"]["framework"] == "keras 3 / tensorflow"
+
+    # a second stage from the first one's weights, with a wider zoom; a run fit on JAX says so
+    stage2 = tmp_path / "fit2"
+    assert fit_unet.main([*argv[:4], str(stage2), "--epochs", "1", *argv[7:],
+                          "--init", str(run / "last.npz"), "--scale", "0.6", "1.6"]) == 0
+    config = json.loads((stage2 / "train_config.json").read_text())
+    assert config["train"]["init_weights"] == str(run / "last.npz")
+    assert config["train"]["scale"] == [0.6, 1.6]
+    config["train"]["backend"] = "jax"
+    (stage2 / "train_config.json").write_text(json.dumps(config))
+    assert _run("models", "export", "unet", "--run", str(stage2), "--models", str(models),
+                "--version", "0.4.0") == 0
+    second = load_model(models, "unet", "0.4.0")
+    assert second.manifest["architecture"]["framework"] == (
+        "keras 3 / tensorflow (trained on keras 3 / jax)")
+    assert second.manifest["training"]["initialised_from"]["config"]["out"] == str(run)
