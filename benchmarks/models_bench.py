@@ -115,7 +115,9 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
                 p, s, model_spacing_mm=a.spacing_mm), repeat)
             full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(p, s),
                               max(2, repeat // 2))
-            unet_flops = graph_flops(lambda x, a=an: a.unet(x, training=False), shape)
+            # a shipped ensemble runs every member: its work is the members' sum
+            unet_flops = len(an.unets) * graph_flops(lambda x, a=an: a.unet(x, training=False),
+                                                     shape)
             bb_flops = graph_flops(lambda x, a=an: a.detector.backbone(x, training=False)[1],
                                    shape)
             cfg = an.detector.cfg
@@ -123,9 +125,10 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
             head_flops = cfg.rpn_post_nms_test * 2.0 * (
                 cfg.roi_size ** 2 * channels * cfg.head_hidden + cfg.head_hidden ** 2
                 + cfg.head_hidden * 7)
-            det_flops = bb_flops + head_flops
+            det_flops = len(an.detectors) * (bb_flops + head_flops)
             per[name] = {
                 "model_input": list(img.shape),
+                "members": {"unet": len(an.unets), "frcnn": len(an.detectors)},
                 "preprocess_ms": round(pre_ms, 1),
                 "unet_ms": round(unet_ms, 1),
                 "frcnn_ms": round(det_ms, 1),
