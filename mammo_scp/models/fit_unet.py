@@ -28,6 +28,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,24 @@ def _batches(cfg: TrainConfig, pack_path: Path, workers: int
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every epoch's batches in order; the next epoch is augmented while this one trains.
 
-    The workers are spawned, not forked: forking a process that runs JAX can deadlock."""
-    with multiprocessing.get_context("spawn").Pool(workers, _load, (pack_path,)) as pool:
-        pending = pool.map_async(_batch, _epoch_tasks(cfg, 0), chunksize=1)
-        for epoch in range(cfg.epochs):
-            batches = pending.get()
-            if epoch + 1 < cfg.epochs:
-                pending = pool.map_async(_batch, _epoch_tasks(cfg, epoch + 1), chunksize=1)
-            yield from batches
+    The workers are spawned, not forked: forking a process that runs JAX can deadlock. A
+    worker that dies (killed, out of memory) stops training with ``BrokenProcessPool``
+    rather than leaving it waiting for a batch that will never come, as a
+    ``multiprocessing.Pool`` would."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_load,
+                             initargs=(pack_path,)) as pool:
+        pending = [pool.submit(_batch, task) for task in _epoch_tasks(cfg, 0)]
+        try:
+            for epoch in range(cfg.epochs):
+                batches = [future.result() for future in pending]
+                if epoch + 1 < cfg.epochs:
+                    pending = [pool.submit(_batch, task)
+                               for task in _epoch_tasks(cfg, epoch + 1)]
+                yield from batches
+        finally:  # stopped early (time budget): the next epoch's batches are not needed
+            for future in pending:
+                future.cancel()
 
 
 def fit(args: argparse.Namespace) -> Path:
