@@ -107,6 +107,7 @@ class EvalResult:
     ms_per_image: float
     operating_point: dict[str, float] | None = None
     dice_per_image: dict[str, float] = field(default_factory=dict)  # mass images, by key
+    normal_images_with_mask: int = 0  # images without a mass on which a mask was drawn
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
@@ -114,7 +115,8 @@ class EvalResult:
                 "malignancy_auc": self.malignancy_auc, "mass_auc": self.mass_auc,
                 "dice_mass_images": self.dice, "iou_mass_images": self.iou,
                 "ms_per_image": self.ms_per_image, "operating_point": self.operating_point,
-                "dice_per_image": self.dice_per_image}
+                "dice_per_image": self.dice_per_image,
+                "normal_images_with_mask": self.normal_images_with_mask}
 
 
 def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
@@ -149,6 +151,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
     dices, ious = [], []
     dice_per_image: dict[str, float] = {}
+    normal_with_mask = 0
     elapsed = 0.0
     for rec in records:
         src = read_source(rec)
@@ -168,6 +171,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
             d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
             dices.append(d)
             dice_per_image[rec.key] = d
+        elif result.mask.any():
+            normal_with_mask += 1
             ious.append(j)
     fp, sens = froc_curve(per_image)
     rates = froc_points(per_image)
@@ -180,7 +185,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         ms_per_image=1000.0 * elapsed / max(len(records), 1),
         operating_point=operating_point(per_image, float(getattr(analyzer, "score_threshold",
                                                                  0.5))),
-        dice_per_image=dice_per_image)
+        dice_per_image=dice_per_image, normal_images_with_mask=normal_with_mask)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))

@@ -49,10 +49,11 @@ def test_auc_and_overlap(tmp_path):
 
 def test_evaluation_gives_each_mass_images_dice(mias_dir):
     """An analyzer whose mask is the truth on one mass image and the upper half of it on
-    another: Dice 1 and 2/3 by key, their mean overall; normal images have no Dice."""
+    another: Dice 1 and 2/3 by key, their mean overall; normal images have no Dice, and one
+    of the two normal images gets a mask."""
     records = load_records(mias_dir)
     masses = [r for r in records if r.is_mass][:2]
-    normal = next(r for r in records if not r.is_mass)
+    normal, marked = [r for r in records if not r.is_mass][:2]
     by_key = {r.key: r for r in records}
 
     class Truthful:
@@ -60,14 +61,17 @@ def test_evaluation_gives_each_mass_images_dice(mias_dir):
 
         def analyze_array(self, src, spacing_mm, laterality, key, score_threshold):
             mask = truth_mask(by_key[key], src.shape[:2])
+            if key == marked.key:
+                mask[100:120, 100:120] = True
             if key == masses[1].key:
                 rows = np.nonzero(mask.any(axis=1))[0]
                 mask[(rows[0] + rows[-1]) // 2 + 1:] = False
             return SimpleNamespace(findings=[], mask=mask)
 
-    res = evaluate([masses[0], normal, masses[1]], Truthful())
+    res = evaluate([masses[0], normal, masses[1], marked], Truthful())
     assert set(res.dice_per_image) == {masses[0].key, masses[1].key}
     assert res.dice_per_image[masses[0].key] == 1.0
     assert abs(res.dice_per_image[masses[1].key] - 2 / 3) < 0.02  # half a circle, to a row
     assert res.dice == np.mean(list(res.dice_per_image.values()))
     assert res.to_dict()["dice_per_image"] == res.dice_per_image
+    assert res.normal_images_with_mask == 1 and res.to_dict()["normal_images_with_mask"] == 1
