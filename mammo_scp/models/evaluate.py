@@ -170,10 +170,10 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         if rec.is_mass:
             d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
             dices.append(d)
+            ious.append(j)
             dice_per_image[rec.key] = d
         elif result.mask.any():
             normal_with_mask += 1
-            ious.append(j)
     fp, sens = froc_curve(per_image)
     rates = froc_points(per_image)
     res = EvalResult(

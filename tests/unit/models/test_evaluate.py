@@ -73,5 +73,6 @@ def test_evaluation_gives_each_mass_images_dice(mias_dir):
     assert res.dice_per_image[masses[0].key] == 1.0
     assert abs(res.dice_per_image[masses[1].key] - 2 / 3) < 0.02  # half a circle, to a row
     assert res.dice == np.mean(list(res.dice_per_image.values()))
+    assert abs(res.iou - (1.0 + 0.5) / 2) < 0.02  # the mass images' IoU: 1 and 1/2
     assert res.to_dict()["dice_per_image"] == res.dice_per_image
     assert res.normal_images_with_mask == 1 and res.to_dict()["normal_images_with_mask"] == 1
