@@ -8,8 +8,9 @@ Measurement Report (with one made-up finding, whatever the models say), both
 serialised. Then a full-field-sized image (4096 x 3328 at 0.07 mm) is analysed too: the
 first full-field study after start otherwise paid ~0.4 s more, nearly all of it in reading,
 decoding and preprocessing its first image (the process' first arrays of that size) and
-~30 ms in the detector's first run at that input shape. That costs ~0.7 s at start and
-~200 MiB of peak memory in the worker. Nothing is stored, sent or recorded.
+~30 ms in the detector's first run at that input shape. With unet 1.0.0 that cost ~0.7 s at
+start and ~200 MiB of peak memory in the worker (more with an ensemble: every member runs).
+Nothing is stored, sent or recorded.
 """
 
 from __future__ import annotations

@@ -214,11 +214,12 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
                                      db, Patient("TEST^NORMAL", "PID-0002"))
         db.dispose()
         node.stop()
-        assert set(_modalities(pacs, study_uid)) == {"MG", "SEG", "SR"}
+        series = _modalities(pacs, study_uid)
+        assert set(series) == {"MG", "SEG", "SR"}
         assert set(_modalities(pacs, normal_uid)) == {"MG"}  # nothing sent for it
         # A SEG per image with a mask: the two masses, and any region the U-Net marks on an
         # image without one (not every mask is on a mass: docs/model-cards.md).
-        n_segs = _modalities(pacs, study_uid).count("SEG")
+        n_segs = series.count("SEG")
         assert n_segs >= len(WITH_MASS), n_segs
         labels = _finding_labels(pacs, study_uid)
         assert labels, "the SR holds no finding"

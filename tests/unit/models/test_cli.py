@@ -80,7 +80,7 @@ def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
 
 def test_the_weight_average_is_what_is_saved_and_it_resumes_exactly(dicom_folder, tmp_path):
     common = ["--data", str(dicom_folder), "--seed", "4", "--width", "4", "--batch", "4",
-              "--ema", "0.9", "--epochs", "2"]
+              "--ema", "0.9", "--epochs", "2", "--scale", "0.7", "1.3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _run("models", "train", "unet", "--out", str(straight), *common) == 0
     assert _run("models", "train", "unet", "--out", str(split), "--stop-after", "1",
@@ -96,7 +96,8 @@ def test_the_weight_average_is_what_is_saved_and_it_resumes_exactly(dicom_folder
     assert not any(x.shape == kernel.shape and np.array_equal(kernel, x) for x in raw)
     assert _run("models", "export", "unet", "--run", str(split), "--models",
                 str(tmp_path / "models"), "--version", "0.0.1") == 0
-    assert "--ema 0.9" in load_model(tmp_path / "models", "unet").manifest["training"]["command"]
+    command = load_model(tmp_path / "models", "unet").manifest["training"]["command"]
+    assert "--ema 0.9" in command and "--scale 0.7 1.3" in command
 
 
 def _two_runs(dicom_folder: Path, tmp_path: Path) -> tuple[Path, Path]:
