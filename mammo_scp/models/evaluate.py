@@ -1,8 +1,13 @@
 """Evaluation: FROC, per-image malignancy AUC, Dice and IoU against the truth circles.
 
-A detection hits a lesion when its box centre lies inside the lesion's truth circle; extra
-boxes on an already-found lesion are neither hits nor false positives. Everything is measured
-end to end in source pixels through :class:`mammo_scp.models.analyzer.Analyzer`.
+A lesion is found when a detection's box centre lies inside its truth circle; extra boxes on
+an already-found lesion are neither hits nor false positives. A box whose centre lies inside
+two overlapping circles finds both lesions: the lesion-by-lesion rule of issue #3 ("a hit is a
+predicted box whose centre lies inside the truth circle") and of the LUNA16 reference FROC
+script, which loops over the lesions and credits every one that a mark lies in.
+
+Everything is measured end to end in source pixels through
+:class:`mammo_scp.models.analyzer.Analyzer`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ def froc_curve(per_image: Sequence[ImageDetections]) -> tuple[np.ndarray, np.nda
     """(FP per image, sensitivity) at every score threshold, thresholds descending."""
     n_images = len(per_image)
     n_lesions = sum(len(c) for _, _, c in per_image)
-    events: list[tuple[float, int]] = []  # (score, lesion id or -1 for a false positive)
+    events: list[tuple[float, list[int]]] = []  # (score, lesions hit; none: a false positive)
     lesion_id = 0
     for boxes, scores, circles in per_image:
         ids = list(range(lesion_id, lesion_id + len(circles)))
@@ -37,7 +42,7 @@ def froc_curve(per_image: Sequence[ImageDetections]) -> tuple[np.ndarray, np.nda
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             hit = [i for i, (x, y, r) in zip(ids, circles, strict=True)
                    if (cx - x) ** 2 + (cy - y) ** 2 <= r * r]
-            events.append((float(score), hit[0] if hit else -1))
+            events.append((float(score), hit))
     events.sort(key=lambda e: -e[0])
     found: set[int] = set()
     fps = 0
@@ -46,10 +51,10 @@ def froc_curve(per_image: Sequence[ImageDetections]) -> tuple[np.ndarray, np.nda
     while i < len(events):
         score = events[i][0]
         while i < len(events) and events[i][0] == score:
-            if events[i][1] < 0:
+            if not events[i][1]:
                 fps += 1
             else:
-                found.add(events[i][1])
+                found.update(events[i][1])
             i += 1
         xs.append(fps / max(n_images, 1))
         ys.append(len(found) / max(n_lesions, 1))

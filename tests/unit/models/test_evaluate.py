@@ -29,6 +29,17 @@ def test_froc_counts_centres_inside_circles():
     assert sens[-1] == 1.0 and abs(fp[-1] - 2 / 3) < 1e-9
 
 
+def test_a_box_inside_two_overlapping_circles_finds_both_lesions():
+    # mini-MIAS mdb005: two masses 42 px apart, radii 30 and 26; one box lies in both circles
+    circles = [(477.0, 891.0, 30.0), (500.0, 856.0, 26.0)]
+    box = np.array([[438.0, 817.0, 542.0, 924.0]])
+    assert froc_points([(box, np.array([0.7]), circles)], (0.0,)) == [1.0]
+    # a second box on them is neither a hit nor a false positive
+    boxes = np.array([[438.0, 817.0, 542.0, 924.0], [470.0, 850.0, 530.0, 880.0]])
+    fp, sens = froc_curve([(boxes, np.array([0.7, 0.6]), circles)])
+    assert fp.tolist() == [0.0, 0.0, 0.0] and sens.tolist() == [0.0, 1.0, 1.0]
+
+
 def test_a_box_whose_centre_is_outside_is_a_false_positive():
     per = [(np.array([[30, 30, 41, 41]], float), np.array([0.9]), [(50.0, 50.0, 10.0)])]
     assert froc_points(per, (4.0,)) == [0.0]
