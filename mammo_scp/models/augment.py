@@ -6,7 +6,7 @@ re-derived from the warped lesion masks, so they stay exact whatever the warp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -16,12 +16,14 @@ from mammo_scp.models.data import UNKNOWN
 
 @dataclass(frozen=True)
 class Example:
-    """One augmented training example: image (H, W), union mask (H, W), boxes (N, 4), labels."""
+    """One augmented training example: image (H, W), union mask (H, W), boxes (N, 4), labels,
+    and the boxes of its hard negatives (tissue a detector took for a mass; not truth)."""
 
     image: np.ndarray
     mask: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
+    hard_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,14 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
             out_shape: tuple[int, int], rng: np.random.Generator, *,
             patches: list[MassPatch] | None = None, spacing_mm: float = 0.8,
             insert_prob: float = 0.5, elastic: bool = True,
-            scale: tuple[float, float] = DEFAULT_SCALE) -> Example:
+            scale: tuple[float, float] = DEFAULT_SCALE,
+            hard_regions: np.ndarray | None = None) -> Example:
     """A random training view of one sample at the fixed ``out_shape``, zoomed by a factor
-    drawn from ``scale``."""
+    drawn from ``scale``.
+
+    ``hard_regions`` (M, H, W): masks of hard negatives, warped like the lesions (no random
+    numbers drawn for them) and returned as ``hard_boxes``.
+    """
     img = image.astype(np.float32)
     masks = lesion_masks.astype(np.float32)
     labs = list(labels)
@@ -176,17 +183,25 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0))
 
     img = warp(img)
+    hard = np.zeros((0, h, w), np.float32) if hard_regions is None \
+        else hard_regions.astype(np.float32)
     if len(masks):
         masks = np.stack([warp(mk) for mk in masks])
+    if len(hard):
+        hard = np.stack([warp(mk) for mk in hard])
     if elastic and rng.random() < 0.5:
         mx, my = _elastic((h, w), rng, alpha=float(rng.uniform(2, 5)), sigma=8.0)
         img = np.asarray(cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderValue=0.0))
         if len(masks):
             masks = np.stack([cv2.remap(mk, mx, my, cv2.INTER_LINEAR, borderValue=0.0)
                               for mk in masks])
+        if len(hard):
+            hard = np.stack([cv2.remap(mk, mx, my, cv2.INTER_LINEAR, borderValue=0.0)
+                             for mk in hard])
     if rng.random() < 0.5:  # up/down: MLO views differ in how far the breast is pulled
         img = img[::-1]
         masks = masks[:, ::-1]
+        hard = hard[:, ::-1]
     gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
     img = np.clip(img, 0.0, 1.0) ** gamma
     img = np.clip(img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.08, 0.08)), 0, 1)
@@ -194,21 +209,28 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
     masks = fit(np.ascontiguousarray(masks), out_shape)
     boxes, keep = boxes_from_masks(masks)
     union = masks.max(axis=0) if len(masks) else np.zeros(out_shape, dtype=np.float32)
+    hard_boxes = boxes_from_masks(fit(np.ascontiguousarray(hard), out_shape))[0]
     return Example(image=img.astype(np.float32), mask=(union >= 0.5).astype(np.float32),
                    boxes=boxes, labels=np.array(labs, dtype=np.int64)[keep] if len(keep)
-                   else np.zeros((0,), dtype=np.int64))
+                   else np.zeros((0,), dtype=np.int64), hard_boxes=hard_boxes)
 
 
 def random_crop(example: Example, size: tuple[int, int], rng: np.random.Generator,
-                lesion_prob: float = 0.7) -> Example:
-    """A ``size`` window: around a lesion with ``lesion_prob`` (when there is one), else on tissue.
+                lesion_prob: float = 0.7, hard_prob: float = 0.0) -> Example:
+    """A ``size`` window: around a lesion with ``lesion_prob`` (when there is one), else around
+    a hard negative with ``hard_prob`` (when there is one), else on tissue.
 
-    Segmentation trains faster on such windows: a mass fills a larger share of the pixels.
+    Segmentation trains faster on such windows: a mass fills a larger share of the pixels. A
+    detector learns from windows on the tissue it took for a mass (hard-negative mining).
     """
     h, w = example.image.shape
     ch, cw = min(size[0], h), min(size[1], w)
     if len(example.boxes) and rng.random() < lesion_prob:
         x0, y0, x1, y1 = example.boxes[int(rng.integers(len(example.boxes)))]
+        cy = (y0 + y1) / 2 + rng.uniform(-0.3, 0.3) * ch
+        cx = (x0 + x1) / 2 + rng.uniform(-0.3, 0.3) * cw
+    elif hard_prob > 0 and len(example.hard_boxes) and rng.random() < hard_prob:
+        x0, y0, x1, y1 = example.hard_boxes[int(rng.integers(len(example.hard_boxes)))]
         cy = (y0 + y1) / 2 + rng.uniform(-0.3, 0.3) * ch
         cx = (x0 + x1) / 2 + rng.uniform(-0.3, 0.3) * cw
     else:

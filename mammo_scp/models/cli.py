@@ -58,6 +58,11 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="detector anchor sizes in model pixels")
     tr.add_argument("--crop-lesion-prob", type=float, default=0.7,
                     help="share of windows centred on a mass when the image has one")
+    tr.add_argument("--hard-negatives", type=Path, default=None, metavar="JSON",
+                    help="detector: hard negatives mined by 'models mine-negatives'")
+    tr.add_argument("--hard-negative-prob", type=float, default=0.5,
+                    help="with --hard-negatives: share of windows not on a mass that are "
+                         "centred on a hard negative of the image")
     tr.add_argument("--val-every", type=int, default=2)
     tr.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="zoom range of the augmentation (default 0.85 1.15)")
@@ -80,6 +85,17 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                     help="operating thresholds for the manifest, e.g. finding_score=0.5")
     ex.set_defaults(func=_export)
+
+    mn = sub.add_parser("mine-negatives",
+                        help="find the tissue a shipped detector takes for a mass on the "
+                             "training women of its split (for 'train --hard-negatives')")
+    mn.add_argument("--data", type=Path, required=True)
+    mn.add_argument("--model", type=Path, required=True,
+                    help="shipped detector folder, e.g. models/frcnn/1.0.0")
+    mn.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    mn.add_argument("--min-score", type=float, default=0.1)
+    mn.add_argument("--per-image", type=int, default=5)
+    mn.set_defaults(func=_mine)
 
     ev = sub.add_parser("evaluate", help="FROC, AUC, Dice and IoU on the validation women")
     ev.add_argument("--data", type=Path, required=True)
@@ -110,6 +126,15 @@ def _train(args: argparse.Namespace) -> int:
         extra["train_shape"] = tuple(args.train_shape)
     if args.scale is not None:
         extra["scale"] = tuple(args.scale)
+    if args.hard_negatives is not None:
+        if args.kind != "frcnn":
+            print("error: --hard-negatives trains the detector (frcnn) only", file=sys.stderr)
+            return 2
+        if not args.hard_negatives.is_file():
+            print(f"error: no hard-negative file {args.hard_negatives}", file=sys.stderr)
+            return 2
+        extra["hard_negatives"] = str(args.hard_negatives)
+        extra["hard_negative_prob"] = args.hard_negative_prob
     ckpt = args.out / "checkpoint" / "state.json"
     if ckpt.is_file() and not args.resume:
         print(f"error: {args.out} already holds a checkpoint; pass --resume to continue it or "
@@ -215,7 +240,9 @@ def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> d
     """How one run was trained: its command, config, the stage before it, its last epochs."""
     state = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
     return {"command": _command(kind, cfg["train"], cfg["model"]), "config": cfg["train"],
-            "initialised_from": _init_stage(cfg["train"]), "epochs_run": state["epoch"],
+            "initialised_from": _init_stage(cfg["train"]),
+            **({"hard_negatives": hn} if (hn := _hard_negatives(cfg["train"])) else {}),
+            "epochs_run": state["epoch"],
             "weights_from": weights, "best_epoch_by_val": state["best_epoch"],
             "history_tail": state["history"][-5:]}
 
@@ -255,7 +282,27 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
         argv += ["--init", tcfg["init_weights"]]
     if tcfg.get("ema") is not None:
         argv += ["--ema", str(tcfg["ema"])]
+    if tcfg.get("hard_negatives"):
+        argv += ["--hard-negatives", tcfg["hard_negatives"],
+                 "--hard-negative-prob", str(tcfg["hard_negative_prob"])]
     return " ".join(shlex.quote(a) for a in argv)
+
+
+def _hard_negatives(tcfg: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run's mined hard negatives were: the detector and settings that mined them,
+    how many, and the file's sha256 (the file itself is a training output, not shipped)."""
+    import hashlib
+
+    if not tcfg.get("hard_negatives"):
+        return None
+    path = Path(tcfg["hard_negatives"])
+    if not path.is_file():
+        return {"file": str(path), "missing": True}
+    mined = json.loads(path.read_text())
+    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "mined_by": mined["detector"], "min_score": mined["min_score"],
+            "per_image": mined["per_image"], "boxes": sum(map(len, mined["images"].values())),
+            "images": len(mined["images"])}
 
 
 def _init_stage(tcfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -302,6 +349,27 @@ def _why(kind: str, cfg: dict[str, Any], tcfg: dict[str, Any]) -> str:
             f"{cfg.get('width', 64) / 64:g}): about 1/4 of the channels, ~1/16 of the FLOPs, so "
             "it trains from scratch on 2 CPU cores in about an hour and runs in tens of ms per "
             "image; the full-width network would take ~1.6 s per 1024 px image here." + staged)
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from mammo_scp.models.store import ModelStoreError, load_model
+    from mammo_scp.models.train import mine_hard_negatives
+
+    folder = args.model.resolve()
+    try:
+        bundle = load_model(folder.parent.parent, folder.parent.name, folder.name)
+    except ModelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if bundle.name != "frcnn":
+        print(f"error: {args.model} is not a detector (frcnn)", file=sys.stderr)
+        return 2
+    mined = mine_hard_negatives(bundle, args.data, args.min_score, args.per_image)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(mined, indent=1) + "\n")
+    print(f"{sum(map(len, mined['images'].values()))} hard negatives on "
+          f"{len(mined['images'])} images written to {args.out}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -48,6 +48,8 @@ class TrainConfig:
     stop_after: int | None = None  # train at most this many epochs in this invocation
     crop: tuple[int, int] | None = None  # train on windows of this size
     crop_lesion_prob: float = 0.7
+    hard_negatives: str | None = None  # JSON of mined hard negatives (models mine-negatives)
+    hard_negative_prob: float = 0.0  # share of windows centred on one, when not on a mass
     init_weights: str | None = None  # start from a run's .npz or a shipped model folder
     ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
     model: dict[str, Any] = field(default_factory=dict)
@@ -97,15 +99,21 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int, **adam: Any) -> keras.opti
 
 
 def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfig,
-                  rng: np.random.Generator, patches: list[aug.MassPatch]) -> list[aug.Example]:
+                  rng: np.random.Generator, patches: list[aug.MassPatch],
+                  hard: Sequence[np.ndarray | None] | None = None) -> list[aug.Example]:
     """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
-    augmented first, then all cut: the order the random numbers are drawn in)."""
+    augmented first, then all cut: the order the random numbers are drawn in).
+
+    ``hard``: per sample, the masks of its hard negatives (or None), for windows centred on
+    them (``cfg.hard_negative_prob``).
+    """
     examples = [aug.augment(image, masks, labels, cfg.train_shape, rng, patches=patches,
                             spacing_mm=cfg.model_spacing_mm, insert_prob=cfg.insert_prob,
-                            scale=cfg.scale)
-                for image, masks, labels in (samples[i] for i in idx)]
+                            scale=cfg.scale, hard_regions=None if hard is None else hard[i])
+                for i, (image, masks, labels) in ((i, samples[i]) for i in idx)]
     if cfg.crop is not None:
-        examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob) for e in examples]
+        examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob,
+                                    cfg.hard_negative_prob) for e in examples]
     return examples
 
 

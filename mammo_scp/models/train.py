@@ -43,6 +43,7 @@ from mammo_scp.models.recipe import (
     write_config,
 )
 from mammo_scp.models.recipe import optimizer as recipe_optimizer
+from mammo_scp.models.store import ModelBundle
 from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,60 @@ def frcnn_batch(examples: list[aug.Example], frc: FRCNNConfig, anchors: np.ndarr
     return images, rpn_l, rpn_d, gt_b, gt_l, gt_v
 
 
+def mine_hard_negatives(bundle: ModelBundle, data: Path, min_score: float = 0.1,
+                        per_image: int = 5) -> dict[str, Any]:
+    """Run a shipped detector on the training women of its own split and keep the findings
+    that hit no mass: the tissue it takes for a mass (hard negatives), as model-space boxes.
+
+    A finding hits a mass when its centre lies on the mass's truth mask, the evaluation's
+    rule. At most ``per_image`` per image, the highest scores first.
+    """
+    split = bundle.manifest["training"]["split"]
+    records = load_records(data)
+    train_recs, _ = split_by_woman(records, split["val_fraction"], split["seed"])
+    net = FasterRCNN(FRCNNConfig.from_dict(bundle.config))
+    net.set_weights(bundle.weights)
+    net = net.for_inference()
+    images: dict[str, list[list[float]]] = {}
+    for sample in load_samples(train_recs, bundle.spacing_mm):
+        boxes, scores, _ = net.detect_one(tf.constant(sample.image[None, :, :, None]))
+        found = []
+        for box, score in zip(np.asarray(boxes), np.asarray(scores), strict=True):
+            cx = int(np.clip((box[0] + box[2]) / 2, 0, sample.image.shape[1] - 1))
+            cy = int(np.clip((box[1] + box[3]) / 2, 0, sample.image.shape[0] - 1))
+            on_mass = len(sample.lesion_masks) and sample.lesion_masks[:, cy, cx].max() >= 0.5
+            if score >= min_score and not on_mass:
+                found.append([round(float(v), 1) for v in box] + [round(float(score), 4)])
+        if found:
+            images[sample.record.key] = found[:per_image]
+    logger.info("%d hard negatives on %d of %d training images", sum(map(len, images.values())),
+                len(images), len(train_recs))
+    return {"detector": f"{bundle.name} {bundle.version}", "spacing_mm": bundle.spacing_mm,
+            "min_score": min_score, "per_image": per_image,
+            "box": "x0, y0, x1, y1 in model pixels, score", "images": images}
+
+
+def hard_negative_masks(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarray | None]:
+    """Per training sample, a filled box mask for each of its mined hard negatives."""
+    mined = json.loads(Path(str(cfg.hard_negatives)).read_text())
+    if abs(float(mined["spacing_mm"]) - cfg.model_spacing_mm) > 1e-6:
+        raise ValueError(f"{cfg.hard_negatives} was mined at {mined['spacing_mm']} mm; this run "
+                         f"trains at {cfg.model_spacing_mm} mm")
+    masks: list[np.ndarray | None] = []
+    for sample in train:
+        boxes = mined["images"].get(sample.record.key, [])
+        if not boxes:
+            masks.append(None)
+            continue
+        m = np.zeros((len(boxes),) + sample.image.shape, np.float32)
+        for k, (x0, y0, x1, y1, _) in enumerate(boxes):
+            m[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1.0
+        masks.append(m)
+    logger.info("windows on hard negatives: %d of %d training images have some (p=%.2f)",
+                sum(m is not None for m in masks), len(train), cfg.hard_negative_prob)
+    return masks
+
+
 def frcnn_val_sensitivity(net: FasterRCNN, val: list[Sample], fp_rate: float = 1.0) -> float:
     """Model-space FROC sensitivity at ``fp_rate`` false positives per image."""
     from mammo_scp.models.evaluate import froc_points
@@ -299,6 +354,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
     rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
+    hard = hard_negative_masks(cfg, train) if cfg.hard_negatives else None
     steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
     optimizer = recipe_optimizer(cfg, steps)
     out = Path(cfg.out)
@@ -332,7 +388,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
                    mininterval=5.0, leave=False)
         n = 0
         for start in bar:
-            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches)
+            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches, hard)
             batch = frcnn_batch(ex, frc, anchors, rng)
             seed = rng.integers(0, 2**31 - 1, size=2).astype(np.int32)
             parts = step(*(tf.constant(a) for a in batch), tf.constant(seed))
@@ -367,4 +423,4 @@ def train(cfg: TrainConfig) -> Path:
     raise ValueError(f"unknown model kind {cfg.kind!r}: use 'unet' or 'frcnn'")
 
 
-__all__ = ["TrainConfig", "train", "train_frcnn", "train_unet"]
+__all__ = ["TrainConfig", "mine_hard_negatives", "train", "train_frcnn", "train_unet"]

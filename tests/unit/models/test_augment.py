@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mammo_scp.models.augment import augment, boxes_from_masks, cut_mass_patches
+from mammo_scp.models.augment import (
+    Example,
+    augment,
+    boxes_from_masks,
+    cut_mass_patches,
+    random_crop,
+)
 from mammo_scp.models.data import BENIGN, UNKNOWN
 
 
@@ -47,3 +53,39 @@ def test_boxes_from_masks_skips_empty():
     m[1, 2:5, 3:8] = 1
     boxes, keep = boxes_from_masks(m)
     assert keep.tolist() == [1] and boxes.tolist() == [[3, 2, 8, 5]]
+
+
+def test_hard_negatives_move_with_the_image_and_change_nothing_else():
+    img, disk = _scene()
+    none = np.zeros((0, 128, 96), np.float32)
+    for seed in range(5):
+        plain = augment(img, none, [], (128, 96), np.random.default_rng(seed), insert_prob=0.0)
+        hard = augment(img, none, [], (128, 96), np.random.default_rng(seed), insert_prob=0.0,
+                       hard_regions=disk)
+        both = augment(img, disk, [BENIGN], (128, 96), np.random.default_rng(seed),
+                       insert_prob=0.0, hard_regions=disk)
+        # the same view (no random number drawn for the regions), no truth added
+        assert np.array_equal(plain.image, hard.image) and len(hard.boxes) == 0
+        assert not hard.mask.any() and len(plain.hard_boxes) == 0
+        # the region's box is where the same disk lands as a lesion
+        assert len(hard.hard_boxes) == 1 and np.array_equal(both.hard_boxes, both.boxes)
+
+
+def test_windows_centre_on_a_hard_negative_when_asked():
+    image = np.full((256, 256), 0.5, np.float32)
+    image[30, 210] = 1.0  # the centre of the hard negative
+    box = np.array([[200, 20, 220, 40]], np.float32)
+    ex = Example(image=image, mask=np.zeros_like(image), boxes=np.zeros((0, 4), np.float32),
+                 labels=np.zeros((0,), np.int64), hard_boxes=box)
+    for seed in range(10):
+        window = random_crop(ex, (64, 64), np.random.default_rng(seed), 0.6, hard_prob=1.0)
+        assert window.image.shape == (64, 64) and window.image.max() == 1.0
+    seen = [random_crop(ex, (64, 64), np.random.default_rng(seed), 0.6, hard_prob=0.0)
+            .image.max() for seed in range(10)]
+    assert seen.count(1.0) < 5  # elsewhere on the tissue, mostly
+    # with hard_prob 0 the draws are those of a plain window, number for number
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    plain = Example(image=image, mask=ex.mask, boxes=ex.boxes, labels=ex.labels)
+    assert np.array_equal(random_crop(ex, (64, 64), a, 0.6, 0.0).image,
+                          random_crop(plain, (64, 64), b, 0.6).image)
+    assert a.random() == b.random()

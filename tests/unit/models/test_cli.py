@@ -223,3 +223,50 @@ def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
     assert second.manifest["architecture"]["framework"] == (
         "keras 3 / tensorflow (trained on keras 3 / jax)")
     assert second.manifest["training"]["initialised_from"]["config"]["out"] == str(run)
+
+
+def test_hard_negatives_are_mined_on_training_women_and_steer_the_detector(
+        dicom_folder, tmp_path, capsys):
+    from mammo_scp.models.data import load_records, split_by_woman
+
+    common = ["--data", str(dicom_folder), "--seed", "2", "--width", "4", "--batch", "4",
+              "--epochs", "1", "--crop", "96", "96"]
+    models = tmp_path / "models"
+    assert _run("models", "train", "frcnn", "--out", str(tmp_path / "a"), *common) == 0
+    assert _run("models", "export", "frcnn", "--run", str(tmp_path / "a"), "--models",
+                str(models), "--version", "0.0.1") == 0
+    mined_path = tmp_path / "hard.json"
+    assert _run("models", "mine-negatives", "--data", str(dicom_folder), "--model",
+                str(models / "frcnn" / "0.0.1"), "--out", str(mined_path),
+                "--min-score", "0", "--per-image", "3") == 0
+    mined = json.loads(mined_path.read_text())
+    assert mined["detector"] == "frcnn 0.0.1" and mined["spacing_mm"] == 0.8
+    records = load_records(dicom_folder)
+    train, held = split_by_woman(records, 0.25, 0)
+    # an untrained detector's findings: every one scores >= 0, so every training image has some
+    assert set(mined["images"]) == {r.key for r in train}
+    by_key = {r.key: r for r in records}
+    for key, boxes in mined["images"].items():
+        assert 1 <= len(boxes) <= 3
+        assert [b[4] for b in boxes] == sorted((b[4] for b in boxes), reverse=True)
+        assert by_key[key].woman not in {r.woman for r in held}
+
+    hard = ["--hard-negatives", str(mined_path), "--hard-negative-prob", "0.7"]
+    assert _run("models", "train", "frcnn", "--out", str(tmp_path / "b"), *common, *hard) == 0
+    assert _run("models", "export", "frcnn", "--run", str(tmp_path / "b"), "--models",
+                str(models), "--version", "0.0.2") == 0
+    record = load_model(models, "frcnn", "0.0.2").manifest["training"]
+    assert record["command"].endswith(f"--hard-negatives {mined_path} --hard-negative-prob 0.7")
+    assert record["hard_negatives"]["mined_by"] == "frcnn 0.0.1"
+    assert record["hard_negatives"]["boxes"] == sum(map(len, mined["images"].values()))
+    # mined at another spacing, for the U-Net, or missing: refused
+    with pytest.raises(ValueError, match="mined at 0.8 mm"):
+        _run("models", "train", "frcnn", "--out", str(tmp_path / "c"), *common, *hard,
+             "--spacing", "0.4")
+    assert _run("models", "train", "unet", "--out", str(tmp_path / "d"), *common, *hard) == 2
+    assert _run("models", "train", "frcnn", "--out", str(tmp_path / "e"), *common,
+                "--hard-negatives", str(tmp_path / "none.json")) == 2
+    assert _run("models", "mine-negatives", "--data", str(dicom_folder), "--model",
+                str(models / "frcnn" / "9.9.9"), "--out", str(tmp_path / "x.json")) == 2
+    err = capsys.readouterr().err
+    assert "frcnn) only" in err and "no hard-negative file" in err and "9.9.9" in err
