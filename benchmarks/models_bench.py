@@ -115,9 +115,10 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
                 p, s, model_spacing_mm=a.spacing_mm), repeat)
             full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(p, s),
                               max(2, repeat // 2))
-            # a shipped ensemble runs every member: its work is the members' sum
-            unet_flops = len(an.unets) * graph_flops(lambda x, a=an: a.unet(x, training=False),
-                                                     shape)
+            # a shipped ensemble runs every member, each twice with the mirror (tta_vflip):
+            # its work is the sum of those passes
+            passes = len(an.unets) * (2 if an.mask_tta else 1)
+            unet_flops = passes * graph_flops(lambda x, a=an: a.unet(x, training=False), shape)
             bb_flops = graph_flops(lambda x, a=an: a.detector.backbone(x, training=False)[1],
                                    shape)
             cfg = an.detector.cfg
@@ -129,6 +130,7 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
             per[name] = {
                 "model_input": list(img.shape),
                 "members": {"unet": len(an.unets), "frcnn": len(an.detectors)},
+                "unet_passes": passes,
                 "preprocess_ms": round(pre_ms, 1),
                 "unet_ms": round(unet_ms, 1),
                 "frcnn_ms": round(det_ms, 1),
