@@ -91,6 +91,21 @@ def test_finds_a_clear_mass_on_a_real_mias_background(analyzer, mass_image):
     assert dice > 0.3
 
 
+def test_the_segmenter_averages_every_member_over_the_image_and_its_mirror(analyzer,
+                                                                           mass_image):
+    pixels, _ = mass_image
+    image = preprocess_array(pixels, 0.2, model_spacing_mm=analyzer.spacing_mm).image
+    assert analyzer.mask_tta == bool(analyzer.unet_bundle.thresholds.get("tta_vflip", 0))
+    maps = []
+    for net in analyzer.unets:
+        maps.append(net(image[None, :, :, None], training=False).numpy()[0, :, :, 0])
+        if analyzer.mask_tta:
+            mirrored = np.ascontiguousarray(image[::-1])[None, :, :, None]
+            maps.append(net(mirrored, training=False).numpy()[0, ::-1, :, 0])
+    assert len(maps) == len(analyzer.unets) * (2 if analyzer.mask_tta else 1)
+    assert np.allclose(analyzer.segment(image), np.mean(maps, axis=0), atol=1e-5)
+
+
 def test_concurrent_calls_agree(analyzer, mass_image):
     pixels, _ = mass_image
     with ThreadPoolExecutor(max_workers=2) as pool:
