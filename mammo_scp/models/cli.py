@@ -133,6 +133,10 @@ def _train(args: argparse.Namespace) -> int:
         if not args.hard_negatives.is_file():
             print(f"error: no hard-negative file {args.hard_negatives}", file=sys.stderr)
             return 2
+        if not 0.0 <= args.hard_negative_prob <= 1.0:
+            print(f"error: --hard-negative-prob must lie between 0 and 1, got "
+                  f"{args.hard_negative_prob}", file=sys.stderr)
+            return 2
         extra["hard_negatives"] = str(args.hard_negatives)
         extra["hard_negative_prob"] = args.hard_negative_prob
     ckpt = args.out / "checkpoint" / "state.json"

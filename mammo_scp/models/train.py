@@ -275,7 +275,8 @@ def mine_hard_negatives(bundle: ModelBundle, data: Path, min_score: float = 0.1,
     that hit no mass: the tissue it takes for a mass (hard negatives), as model-space boxes.
 
     A finding hits a mass when its centre lies on the mass's truth mask, the evaluation's
-    rule. At most ``per_image`` per image, the highest scores first.
+    rule. At most ``per_image`` per image, the highest scores first. An ensemble is mined
+    with its first network.
     """
     split = bundle.manifest["training"]["split"]
     records = load_records(data)

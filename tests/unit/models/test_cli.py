@@ -266,7 +266,10 @@ def test_hard_negatives_are_mined_on_training_women_and_steer_the_detector(
     assert _run("models", "train", "unet", "--out", str(tmp_path / "d"), *common, *hard) == 2
     assert _run("models", "train", "frcnn", "--out", str(tmp_path / "e"), *common,
                 "--hard-negatives", str(tmp_path / "none.json")) == 2
+    assert _run("models", "train", "frcnn", "--out", str(tmp_path / "f"), *common,
+                "--hard-negatives", str(mined_path), "--hard-negative-prob", "1.5") == 2
     assert _run("models", "mine-negatives", "--data", str(dicom_folder), "--model",
                 str(models / "frcnn" / "9.9.9"), "--out", str(tmp_path / "x.json")) == 2
     err = capsys.readouterr().err
     assert "frcnn) only" in err and "no hard-negative file" in err and "9.9.9" in err
+    assert "between 0 and 1, got 1.5" in err
