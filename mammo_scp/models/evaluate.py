@@ -24,6 +24,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: The project's floors on the validation split (issue #3).
+FLOORS = {"sensitivity_at_1fp": 0.70, "dice_mass_images": 0.50}
 Circle = tuple[float, float, float]
 ImageDetections = tuple[np.ndarray, np.ndarray, Sequence[Circle]]
 
@@ -89,6 +91,42 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def bootstrap_by_woman(per_image: Sequence[ImageDetections], dices: Sequence[float | None],
+                       women: Sequence[str], rounds: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, Any]:
+    """How far the two floor figures could move on another draw of the same kind of women.
+
+    Resamples whole women with replacement (a woman's images stay together), ``rounds``
+    times, and recomputes the sensitivity at 1 FP/image and the mean Dice of the mass images
+    (``dices``: one per image, None for an image without a mass). Gives the percentile
+    interval at ``level`` and the share of rounds at or above each floor.
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, woman in enumerate(women):
+        groups.setdefault(woman, []).append(i)
+    members = list(groups.values())
+    figures: dict[str, list[float]] = {"sensitivity_at_1fp": [], "dice_mass_images": []}
+    for _ in range(rounds):
+        idx = [i for g in rng.integers(len(members), size=len(members)) for i in members[g]]
+        sample = [per_image[i] for i in idx]
+        if any(len(circles) for _, _, circles in sample):
+            figures["sensitivity_at_1fp"].append(froc_points(sample, (1.0,))[0])
+        drawn = [d for d in (dices[i] for i in idx) if d is not None]
+        if drawn:
+            figures["dice_mass_images"].append(float(np.mean(drawn)))
+    tail = (1.0 - level) / 2.0 * 100.0
+    out: dict[str, Any] = {"by": "woman", "women": len(members), "rounds": rounds,
+                           "seed": seed, "level": level}
+    for key, values in figures.items():
+        arr = np.asarray(values)
+        out[key] = {"interval": [float(np.percentile(arr, tail)),
+                                 float(np.percentile(arr, 100.0 - tail))] if len(arr) else None,
+                    "share_at_or_above_floor": float((arr >= FLOORS[key] - 1e-12).mean())
+                    if len(arr) else None}
+    return out
+
+
 def dice_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     t, p = truth.astype(bool), pred.astype(bool)
     inter = float((t & p).sum())
@@ -113,6 +151,7 @@ class EvalResult:
     operating_point: dict[str, float] | None = None
     dice_per_image: dict[str, float] = field(default_factory=dict)  # mass images, by key
     normal_images_with_mask: int = 0  # images without a mass on which a mask was drawn
+    bootstrap: dict[str, Any] | None = None  # bootstrap_by_woman of the floor figures
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
@@ -121,7 +160,8 @@ class EvalResult:
                 "dice_mass_images": self.dice, "iou_mass_images": self.iou,
                 "ms_per_image": self.ms_per_image, "operating_point": self.operating_point,
                 "dice_per_image": self.dice_per_image,
-                "normal_images_with_mask": self.normal_images_with_mask}
+                "normal_images_with_mask": self.normal_images_with_mask,
+                "bootstrap": self.bootstrap}
 
 
 def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
@@ -156,6 +196,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
     dices, ious = [], []
     dice_per_image: dict[str, float] = {}
+    image_dices: list[float | None] = []
     normal_with_mask = 0
     elapsed = 0.0
     for rec in records:
@@ -177,8 +218,10 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
             dices.append(d)
             ious.append(j)
             dice_per_image[rec.key] = d
-        elif result.mask.any():
-            normal_with_mask += 1
+            image_dices.append(d)
+        else:
+            image_dices.append(None)
+            normal_with_mask += int(result.mask.any())
     fp, sens = froc_curve(per_image)
     rates = froc_points(per_image)
     res = EvalResult(
@@ -190,7 +233,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         ms_per_image=1000.0 * elapsed / max(len(records), 1),
         operating_point=operating_point(per_image, float(getattr(analyzer, "score_threshold",
                                                                  0.5))),
-        dice_per_image=dice_per_image, normal_images_with_mask=normal_with_mask)
+        dice_per_image=dice_per_image, normal_images_with_mask=normal_with_mask,
+        bootstrap=bootstrap_by_woman(per_image, image_dices, [r.woman for r in records]))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))

@@ -5,9 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from mammo_scp.models.data import load_records, truth_mask
 from mammo_scp.models.evaluate import (
+    bootstrap_by_woman,
     dice_iou,
     evaluate,
     froc_curve,
@@ -38,6 +40,29 @@ def test_a_box_inside_two_overlapping_circles_finds_both_lesions():
     boxes = np.array([[438.0, 817.0, 542.0, 924.0], [470.0, 850.0, 530.0, 880.0]])
     fp, sens = froc_curve([(boxes, np.array([0.7, 0.6]), circles)])
     assert fp.tolist() == [0.0, 0.0, 0.0] and sens.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_the_bootstrap_resamples_women_and_says_how_often_the_floors_hold():
+    hit = (np.array([[45.0, 45.0, 55.0, 55.0]]), np.array([0.9]), [(50.0, 50.0, 10.0)])
+    miss = (np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([0.9]), [(50.0, 50.0, 10.0)])
+    normal = (np.zeros((0, 4)), np.zeros(0), [])
+    # every woman alike: no spread, and the floors hold in every round
+    same = bootstrap_by_woman([hit, normal] * 3, [0.8, None] * 3, ["a", "a", "b", "b", "c", "c"],
+                              rounds=200)
+    assert same["women"] == 3 and same["rounds"] == 200
+    assert same["sensitivity_at_1fp"] == {"interval": [1.0, 1.0], "share_at_or_above_floor": 1.0}
+    assert same["dice_mass_images"]["interval"] == pytest.approx([0.8, 0.8])
+    # one woman whose mass is found (Dice 0.9), one whose mass is missed (Dice 0.1)
+    mixed = bootstrap_by_woman([hit, normal, miss, normal], [0.9, None, 0.1, None],
+                               ["a", "a", "b", "b"], rounds=2000, seed=1)
+    low, high = mixed["sensitivity_at_1fp"]["interval"]
+    assert low == 0.0 and high == 1.0
+    # the floor (0.70) holds only when both draws are woman a: a quarter of the rounds
+    assert abs(mixed["sensitivity_at_1fp"]["share_at_or_above_floor"] - 0.25) < 0.04
+    assert abs(mixed["dice_mass_images"]["share_at_or_above_floor"] - 0.75) < 0.04
+    # the same seed, the same figures
+    assert mixed == bootstrap_by_woman([hit, normal, miss, normal], [0.9, None, 0.1, None],
+                                       ["a", "a", "b", "b"], rounds=2000, seed=1)
 
 
 def test_a_box_whose_centre_is_outside_is_a_false_positive():
