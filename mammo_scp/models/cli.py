@@ -223,10 +223,10 @@ def _source(kind: str, run: Path, weights: str) -> _Source:
     """A run folder written by ``train`` (its best or last weights), or a shipped model
     folder (all its members, as shipped, with the training record its manifest holds)."""
     from mammo_scp.models.recipe import load_npz
-    from mammo_scp.models.store import MANIFEST, load_model
+    from mammo_scp.models.store import MANIFEST, load_model_folder
 
     if (run / MANIFEST).is_file():
-        bundle = load_model(run.parent.parent, run.parent.name, run.name)
+        bundle = load_model_folder(run)
         training = bundle.manifest["training"]
         shipped = {"shipped_as": f"{bundle.name} {bundle.version}",
                    "sha256": bundle.manifest["weights"]["sha256"]}
@@ -356,12 +356,11 @@ def _why(kind: str, cfg: dict[str, Any], tcfg: dict[str, Any]) -> str:
 
 
 def _mine(args: argparse.Namespace) -> int:
-    from mammo_scp.models.store import ModelStoreError, load_model
+    from mammo_scp.models.store import ModelStoreError, load_model_folder
     from mammo_scp.models.train import mine_hard_negatives
 
-    folder = args.model.resolve()
     try:
-        bundle = load_model(folder.parent.parent, folder.parent.name, folder.name)
+        bundle = load_model_folder(args.model)
     except ModelStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -121,9 +121,9 @@ def load_init_weights(path: Path) -> list[np.ndarray]:
     """Weights to start from: a run's ``.npz`` or a shipped model folder
     (``models/unet/1.0.0``, verified against its manifest's sha256)."""
     if path.is_dir():
-        from mammo_scp.models.store import load_model
+        from mammo_scp.models.store import load_model_folder
 
-        return load_model(path.parent.parent, path.parent.name, path.name).weights
+        return load_model_folder(path).weights
     return load_npz(path)
 
 

@@ -123,6 +123,12 @@ def update_manifest(folder: Path, updates: dict[str, Any]) -> None:
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def load_model_folder(folder: Path) -> ModelBundle:
+    """:func:`load_model` for one version folder given by its path (``models/frcnn/1.0.0``)."""
+    folder = folder.resolve()
+    return load_model(folder.parent.parent, folder.parent.name, folder.name)
+
+
 def load_model(models_dir: Path, name: str, version: str | None = None) -> ModelBundle:
     """Read and verify one shipped model; raise :class:`ModelStoreError` naming the bad file."""
     version = version or latest_version(models_dir, name)

@@ -304,7 +304,8 @@ def mine_hard_negatives(bundle: ModelBundle, data: Path, min_score: float = 0.1,
 
 
 def hard_negative_masks(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarray | None]:
-    """Per training sample, a filled box mask for each of its mined hard negatives."""
+    """Per training sample, a filled box mask for each of its mined hard negatives (uint8:
+    hundreds of image-sized masks stay in memory for the whole run)."""
     mined = json.loads(Path(str(cfg.hard_negatives)).read_text())
     if abs(float(mined["spacing_mm"]) - cfg.model_spacing_mm) > 1e-6:
         raise ValueError(f"{cfg.hard_negatives} was mined at {mined['spacing_mm']} mm; this run "
@@ -315,9 +316,9 @@ def hard_negative_masks(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarra
         if not boxes:
             masks.append(None)
             continue
-        m = np.zeros((len(boxes),) + sample.image.shape, np.float32)
+        m = np.zeros((len(boxes),) + sample.image.shape, np.uint8)
         for k, (x0, y0, x1, y1, _) in enumerate(boxes):
-            m[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1.0
+            m[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
         masks.append(m)
     logger.info("windows on hard negatives: %d of %d training images have some (p=%.2f)",
                 sum(m is not None for m in masks), len(train), cfg.hard_negative_prob)
