@@ -1,4 +1,11 @@
-"""The `mammo-scp` command."""
+"""The `mammo-scp` command.
+
+Only ``serve``, ``work``, ``preview`` and ``models`` load the models and TensorFlow: every
+other command imports what it uses inside its handler, so that ``jobs list`` answers in a
+fraction of a second. The commands that read a node's database (``jobs``, ``studies``,
+``preview``) say on stderr which configuration and database they use, and refuse a database
+that does not exist instead of creating an empty one.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +15,27 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from mammo_scp import __version__
-from mammo_scp.config import ConfigError, Settings, load_settings, render_settings
-from mammo_scp.db import Database, upgrade
-from mammo_scp.dicom import NO_DELAY, SopClass, make_ae
-from mammo_scp.jobs.models import Job, Study
-from mammo_scp.jobs.service import TransitionError, retry_job
+from mammo_scp.config import (
+    CONFIG_PATH_ENV,
+    ConfigError,
+    Settings,
+    load_settings,
+    locate_config,
+    render_settings,
+)
 from mammo_scp.jobs.states import JobState
 from mammo_scp.models.cli import add_models_parser
-from mammo_scp.node import StartupError, configure_logging, run
+
+if TYPE_CHECKING:
+    from mammo_scp.db import Database
+    from mammo_scp.jobs.models import Job
+
+
+class NodeNotFound(Exception):
+    """A read command found no node database where its configuration points."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -28,24 +43,83 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _database(settings: Settings) -> Database:
+    from mammo_scp.db import Database, upgrade
+
     db = Database(settings.db_url)
     upgrade(db)
     return db
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _existing_database(args: argparse.Namespace) -> tuple[Settings, Database]:
+    """The settings and the node's database, for commands that read (or retry) its jobs.
+
+    Says on stderr which configuration and database it uses; raises :class:`NodeNotFound`
+    naming where it looked when there is no node database there (it never creates one, nor
+    upgrades the schema: ``serve``, ``work`` and ``db upgrade`` do).
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from mammo_scp.db import Database, DatabaseUnavailable
+
+    found = locate_config(getattr(args, "config", None))
+    settings = load_settings(found.path)
+    url = make_url(settings.db_url)
+    shown = url.render_as_string(hide_password=True)
+    print(f"mammo-scp: configuration {found.describe()}; database {shown}", file=sys.stderr)
+    how = (f"point the command at the node's configuration with --config FILE or "
+           f"{CONFIG_PATH_ENV}=FILE (the file 'mammo-scp serve' runs with), or install it as "
+           f"/etc/mammo-scp/node.toml")
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        if not url.database or url.database == ":memory:" or not path.is_file():
+            relative = ("" if settings.data_dir.is_absolute() or settings.database_url else
+                        f", data_dir {str(settings.data_dir)!r} taken from the current "
+                        f"directory {Path.cwd()}")
+            raise NodeNotFound(
+                f"no node database at {path} (configuration: {found.describe()}{relative}); "
+                f"this command reads an existing node's database and does not create one: "
+                f"{how}")
+    db = Database(settings.db_url)
+    try:
+        db.ping()
+        with db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+    except DatabaseUnavailable as exc:
+        db.dispose()
+        raise NodeNotFound(f"cannot reach the database {shown} ({exc}); {how}") from exc
+    except sa.exc.SQLAlchemyError as exc:
+        db.dispose()
+        raise NodeNotFound(
+            f"the database {shown} holds no mammo-scp tables (configuration: "
+            f"{found.describe()}): {how}; 'mammo-scp db upgrade' creates them for a new "
+            f"node") from exc
+    return settings, db
+
+
+def _run_node(args: argparse.Namespace, with_scp: bool) -> int:
+    from mammo_scp.node import StartupError, configure_logging, run
+
     settings = _settings(args)
     configure_logging(settings.log_level)
-    return run(settings, with_scp=True)
+    try:
+        return run(settings, with_scp=with_scp)
+    except StartupError as exc:
+        print(f"mammo-scp: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run_node(args, with_scp=True)
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level)
-    return run(settings, with_scp=False)
+    return _run_node(args, with_scp=False)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from mammo_scp.node import configure_logging
+
     settings = _settings(args)
     configure_logging(settings.log_level)
     _database(settings)
@@ -87,7 +161,11 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    db = _database(_settings(args))
+    import sqlalchemy as sa
+
+    from mammo_scp.jobs.models import Job
+
+    _, db = _existing_database(args)
     with db.read_session() as session:
         query = sa.select(Job).order_by(Job.id)
         if args.state:
@@ -104,7 +182,9 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    db = _database(_settings(args))
+    from mammo_scp.jobs.models import Job
+
+    _, db = _existing_database(args)
     with db.read_session() as session:
         job = session.get(Job, args.job_id)
         if job is None:
@@ -153,7 +233,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_retry(args: argparse.Namespace) -> int:
-    db = _database(_settings(args))
+    from mammo_scp.jobs.service import TransitionError, retry_job
+
+    _, db = _existing_database(args)
     try:
         print(retry_job(db, args.job_id))
     except (LookupError, TransitionError) as exc:
@@ -163,7 +245,11 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
-    db = _database(_settings(args))
+    import sqlalchemy as sa
+
+    from mammo_scp.jobs.models import Study
+
+    _, db = _existing_database(args)
     with db.read_session() as session:
         rows = []
         for study in session.scalars(sa.select(Study).order_by(Study.id)):
@@ -182,6 +268,8 @@ def cmd_studies_list(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
+    from mammo_scp.dicom import NO_DELAY, SopClass, make_ae
+
     settings = _settings(args)
     ae = make_ae(settings.ae_title)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = args.timeout
@@ -203,15 +291,16 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Draw what a job sent: its images, the SEG masks it delivered, the boxes and scores."""
+    settings, db = _existing_database(args)  # before the slow imports: it may refuse
+
     import numpy as np
     from pydicom import dcmread
 
+    from mammo_scp.jobs.models import Job
     from mammo_scp.pipeline import FINDINGS_FILE, analysis_from_json
     from mammo_scp.preview import save_preview
     from mammo_scp.store.spool import Spool
 
-    settings = _settings(args)
-    db = _database(settings)
     spool = Spool(settings.spool)
     with db.read_session() as session:
         job = session.get(Job, args.job_id)
@@ -246,8 +335,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="TOML configuration file (default: $MAMMO_SCP_CONFIG, else built-in "
-                             "defaults); MAMMO_SCP_<KEY> variables override it")
+                        help="TOML configuration file (default: $MAMMO_SCP_CONFIG, else "
+                             "/etc/mammo-scp/node.toml if it exists, else built-in defaults); "
+                             "MAMMO_SCP_<KEY> variables override it")
     parser = argparse.ArgumentParser(prog="mammo-scp", parents=[common],
                                      description="DICOM mammography AI node")
     parser.add_argument("--version", action="version", version=f"mammo-scp {__version__}")
@@ -310,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, NodeNotFound) as exc:
         print(f"mammo-scp: {exc}", file=sys.stderr)
         return 2
 

@@ -14,13 +14,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:  # Alembic is imported when migrating, not by the CLI's read commands
+    from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class Database:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise FileNotFoundError(f"Alembic migrations not found at {MIGRATIONS_DIR}")
     cfg = AlembicConfig()
@@ -140,6 +143,8 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (the app never calls create_all)."""
+    from alembic import command
+
     cfg = alembic_config(db.url)
     with db.engine.connect() as conn:
         if is_postgres(db.engine):
