@@ -1,18 +1,22 @@
 """One typed Settings object, built once at start-up and passed down.
 
 Sources, later ones winning: built-in defaults, the TOML file given with
-``--config`` (or ``MAMMO_SCP_CONFIG``), then environment variables named
-``MAMMO_SCP_<KEY>`` (upper case; lists such as ``destinations`` as JSON).
-A bad value stops start-up with :class:`ConfigError` naming the key.
+``--config`` (else ``MAMMO_SCP_CONFIG``, else ``/etc/mammo-scp/node.toml`` when it
+exists), then environment variables named ``MAMMO_SCP_<KEY>`` (upper case; lists such
+as ``destinations`` as JSON). A bad value or an unknown key stops start-up with
+:class:`ConfigError` naming the key, where it came from (file and line, or environment
+variable), the value given and what is expected.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +34,11 @@ ENV_PREFIX = "MAMMO_SCP_"
 #: The weights shipped with the node (top-level models/ of the repository).
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 CONFIG_PATH_ENV = "MAMMO_SCP_CONFIG"
+#: An installed node's configuration, read when neither --config nor MAMMO_SCP_CONFIG names one
+#: (the path the systemd unit uses).
+SYSTEM_CONFIG = Path("/etc/mammo-scp/node.toml")
+#: Keys that hold a list of tables (TOML ``[[key]]``; a JSON list in the environment).
+LIST_KEYS = ("destinations", "allowed_callers")
 # DICOM PS3.5 AE title: 1-16 characters of the default repertoire, no backslash or control chars.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -214,53 +223,180 @@ class Settings(BaseModel):
         return f"sqlite:///{(self.data_dir / 'mammo-scp.db').resolve()}"
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfigFile:
+    """Which configuration file is used, and why (for messages that say where they looked)."""
+
+    path: Path | None
+    #: "--config", "MAMMO_SCP_CONFIG", "system default" or "none"
+    chosen_by: str
+
+    def describe(self) -> str:
+        if self.path is None:
+            return (f"no configuration file (no --config, {CONFIG_PATH_ENV} not set, "
+                    f"{SYSTEM_CONFIG} absent): built-in defaults")
+        return f"{self.path} ({self.chosen_by})"
+
+
+def locate_config(path: Path | None = None, environ: Mapping[str, str] | None = None,
+                  system_config: Path | None = None) -> ConfigFile:
+    """The configuration file: ``path`` (--config), else $MAMMO_SCP_CONFIG, else the system
+    default when it exists, else none (built-in defaults and the environment)."""
+    environ = os.environ if environ is None else environ
+    system_config = SYSTEM_CONFIG if system_config is None else system_config
+    if path is not None:
+        return ConfigFile(path, "--config")
+    if environ.get(CONFIG_PATH_ENV):
+        return ConfigFile(Path(environ[CONFIG_PATH_ENV]), CONFIG_PATH_ENV)
+    if system_config.is_file():
+        return ConfigFile(system_config, "system default")
+    return ConfigFile(None, "none")
+
+
+def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values set by MAMMO_SCP_<KEY> variables, and each key's variable name.
+
+    Unknown keys are kept: validation reports them like an unknown key in the file."""
     values: dict[str, Any] = {}
-    known = Settings.model_fields
+    origins: dict[str, str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if key not in known:
-            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
-        if key in ("destinations", "allowed_callers"):
+        origins[key] = f"environment variable {name}"
+        if key in LIST_KEYS:
             try:
                 values[key] = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"environment variable {name}: not valid JSON ({exc})") from exc
+                raise ConfigError(f"key {key!r} (environment variable {name}) is {raw!r}: "
+                                  f"expected a JSON list of objects, but it is not valid JSON "
+                                  f"({exc})") from exc
         else:
             values[key] = raw
-    return values
+    return values, origins
 
 
-def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the effective settings from defaults, an optional TOML file and the environment."""
+_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"-]+)\s*\]\]?")
+
+
+def _toml_line(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
+    """The 1-based line of the TOML file where the value at ``loc`` is set, if it can be
+    found by reading the lines (top-level keys and keys of ``[[list]]`` tables)."""
+    if not loc or not isinstance(loc[0], str):
+        return None
+    key = str(loc[0])
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    field = loc[2] if index is not None and len(loc) > 2 and isinstance(loc[2], str) else None
+    assignment = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    table: str | None = None
+    seen = -1
+    for number, line in enumerate(lines, start=1):
+        header = _TABLE_HEADER.match(line)
+        if header and "=" not in line.split("]")[0]:
+            table = header.group(1)
+            if table == key:
+                seen += 1
+                if index is None or (seen == index and field is None):
+                    return number
+            continue
+        if table is None and assignment.match(line):
+            return number
+        if (table == key and seen == index and field is not None
+                and re.match(rf"^\s*{re.escape(field)}\s*=", line)):
+            return number
+    return None
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as given, for an error message; passwords masked."""
+    if "password" in key:
+        return "'***'"
+    text = repr(value)
+    text = re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", text)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _expected(message: str) -> str:
+    """pydantic's message as what is expected ("expected a valid integer")."""
+    message = message.removeprefix("Value error, ")
+    for prefix in ("Input should be ", "Input should "):
+        if message.startswith(prefix):
+            return "expected " + message[len(prefix):]
+    return message
+
+
+def _problems(exc: ValidationError, origin_of: Any) -> list[str]:
+    problems = []
+    kinds = {"dicom", "dicomweb", "caller"}  # the union's tags are not part of the key
+    for err in exc.errors():
+        loc = [p for i, p in enumerate(err["loc"])
+               if not (p in kinds and i > 0 and isinstance(err["loc"][i - 1], int))]
+        key = ".".join(str(p) for p in loc)
+        if not key:
+            problems.append(err["msg"].removeprefix("Value error, "))
+            continue
+        where = origin_of(loc)
+        if err["type"] == "extra_forbidden":
+            known = (Settings.model_fields if len(loc) == 1 else {})
+            close = difflib.get_close_matches(str(loc[-1]), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"unknown key {key!r} ({where}){hint}")
+        elif err["type"] == "missing":
+            problems.append(f"key {key!r} ({where}) is missing: it is required")
+        else:
+            problems.append(f"key {key!r} ({where}) is {_shown(key, err['input'])}: "
+                            f"{_expected(err['msg'])}")
+    return problems
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None,
+                  system_config: Path | None = None) -> Settings:
+    """Build the effective settings from defaults, a TOML file and the environment.
+
+    The file is ``path``, else $MAMMO_SCP_CONFIG, else :data:`SYSTEM_CONFIG` if it exists
+    (:func:`locate_config`)."""
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(CONFIG_PATH_ENV):
-        path = Path(environ[CONFIG_PATH_ENV])
+    path = locate_config(path, environ, system_config).path
     values: dict[str, Any] = {}
-    source = "defaults and environment"
+    lines: list[str] = []
     if path is not None:
-        source = f"{path} and environment"
         try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+        try:
+            values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    values.update(_from_env(environ))
+        lines = text.splitlines()
+    env_values, env_origins = _from_env(environ)
+    values.update(env_values)
+
+    def origin_of(loc: Sequence[str | int]) -> str:
+        if str(loc[0]) in env_origins:
+            return env_origins[str(loc[0])]
+        line = _toml_line(lines, loc)
+        return f"{path} line {line}" if line else f"{path}"
+
+    problems = []
+    for key in LIST_KEYS:
+        if key in values and not isinstance(values[key], list):
+            where = origin_of([key])
+            form = ("a JSON list of objects, e.g. '[{...}, {...}]'" if key in env_origins
+                    else f"a list of tables: [[{key}]] for each, not [{key}]")
+            given = values.pop(key)
+            if key in env_origins:  # as written, JSON
+                given = environ[env_origins[key].removeprefix("environment variable ")]
+            problems.append(f"key {key!r} ({where}) is {_shown(key, given)}: expected {form}")
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
-        problems = []
-        kinds = {"dicom", "dicomweb", "caller"}  # the union's tags are not part of the key
-        for err in exc.errors():
-            loc = [p for i, p in enumerate(err["loc"])
-                   if not (p in kinds and i > 0 and isinstance(err["loc"][i - 1], int))]
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"key '{key}': {err['msg']}")
-        raise ConfigError(f"bad configuration ({source}): " + "; ".join(problems)) from exc
+        problems.extend(_problems(exc, origin_of))
+    if problems:
+        raise ConfigError("bad configuration: " + "; ".join(problems))
+    return settings
 
 
 def _toml_value(value: Any) -> str:

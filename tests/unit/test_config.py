@@ -64,3 +64,52 @@ def test_serve_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "key 'port'" in done.stderr
+
+
+def test_errors_say_where_the_value_came_from_what_it_is_and_what_is_expected(
+        tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('ae_title = "SITE"\nport = 0\n\n[[destinations]]\nname = "pacs"\n'
+                    'ae_title = "ORTHANC"\nhost = "h"\nport = "abc"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={"MAMMO_SCP_WORKERS": "many"})
+    message = str(raised.value)
+    assert f"key 'port' ({path} line 2) is 0: expected greater than or equal to 1" in message
+    assert f"key 'destinations.0.port' ({path} line 8) is 'abc': expected a valid integer" \
+        in message
+    assert "key 'workers' (environment variable MAMMO_SCP_WORKERS) is 'many': expected a " \
+        "valid integer" in message
+
+
+def test_unknown_keys_are_worded_alike_in_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('ae_title = "SITE"\nprot = 104\n')
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(path, environ={})
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(environ={"MAMMO_SCP_PROT": "104"})
+    assert str(from_file.value) == (f"bad configuration: unknown key 'prot' ({path} line 2); "
+                                    "did you mean 'port'?")
+    assert str(from_env.value) == ("bad configuration: unknown key 'prot' (environment "
+                                   "variable MAMMO_SCP_PROT); did you mean 'port'?")
+
+
+def test_destinations_as_one_object_are_refused_asking_for_a_list(tmp_path: Path) -> None:
+    one = '{"name": "pacs", "ae_title": "ORTHANC", "host": "h", "port": 104}'
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(environ={"MAMMO_SCP_DESTINATIONS": one})
+    assert "environment variable MAMMO_SCP_DESTINATIONS" in str(from_env.value)
+    assert "expected a JSON list" in str(from_env.value)
+    assert one in str(from_env.value)  # the value as given
+    path = tmp_path / "node.toml"
+    path.write_text('[destinations]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "h"\n'
+                    'port = 104\n')
+    with pytest.raises(ConfigError, match=r"line 1\).*\[\[destinations\]\] for each"):
+        load_settings(path, environ={})
+
+
+def test_passwords_are_not_repeated_in_errors() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"MAMMO_SCP_DATABASE_URL": "mysql://mammo:s3cret@db/mammo"})
+    assert "s3cret" not in str(raised.value)
+    assert "mysql://mammo:***@db/mammo" in str(raised.value)
