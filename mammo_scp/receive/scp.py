@@ -22,8 +22,10 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mammo_scp.config import Settings
@@ -94,11 +96,60 @@ def _check_caller(event: evt.Event, settings: Settings) -> None:
     event.assoc.kill()  # waits until the rejection has gone out, as pynetdicom's own rejects do
 
 
+class ContextResult(IntEnum):
+    """Presentation context results the SCP gives (PS3.8 9.3.3.2)."""
+
+    ACCEPTANCE = 0x00
+    ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
+    TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+
+
+#: At most this many SOP class names per reason in the refusal line (storescu proposes ~120).
+_NAMES_SHOWN = 8
+
+
+def _names(uids: list[str]) -> str:
+    names = sorted({UID(uid).name for uid in uids})
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN
+                    else "")
+
+
+def refusal_summary(rejected: list[PresentationContext]) -> str:
+    """The refused presentation contexts, by SOP class name and grouped by why."""
+    by_reason: dict[str, list[str]] = {}
+    for context in rejected:
+        sop_class = str(context.abstract_syntax)
+        if context.result == ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED:
+            why = ("SOP class not accepted by the node (it takes Verification, Storage "
+                   "Commitment and mammography storage only)")
+        elif context.result == ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED:
+            offered = ", ".join(sorted({UID(ts).name for ts in context.transfer_syntax}))
+            why = f"none of the transfer syntaxes offered is accepted ({offered})"
+        else:
+            why = context.status.lower()
+        by_reason.setdefault(why, []).append(sop_class)
+    return "; ".join(f"{_names(uids)}: {why}" for why, uids in by_reason.items())
+
+
 def _log_accepted(event: evt.Event) -> None:
+    """One line per association; the refused presentation contexts (named, with the reason)
+    in a second line, a warning when nothing was accepted, so a sender's "No presentation
+    context" can be matched with the node's log."""
     ASSOCIATIONS.labels(outcome="accepted").inc()
     req = event.assoc.requestor
     logger.info("association accepted from %s at %s:%s", req.ae_title.strip(), req.address,
                 req.port)
+    rejected = event.assoc.rejected_contexts
+    if not rejected:
+        return
+    accepted = len(event.assoc.accepted_contexts)
+    proposed = accepted + len(rejected)
+    log = logger.warning if accepted == 0 else logger.info
+    log("association from %s: %d of %d proposed presentation context(s) refused%s: %s",
+        req.ae_title.strip(), len(rejected), proposed,
+        " (none accepted: nothing can be sent on it)" if accepted == 0 else "",
+        refusal_summary(rejected))
 
 
 def _log_rejected(event: evt.Event, settings: Settings) -> None:
@@ -117,7 +168,10 @@ def _log_rejected(event: evt.Event, settings: Settings) -> None:
 
 def _log_aborted(event: evt.Event) -> None:
     ASSOCIATIONS.labels(outcome="aborted").inc()
-    logger.warning("association aborted with %s", event.assoc.requestor.ae_title.strip())
+    refused = len(event.assoc.rejected_contexts)
+    logger.warning("association aborted with %s%s", event.assoc.requestor.ae_title.strip(),
+                   f" ({refused} presentation context(s) had been refused: see above)"
+                   if refused and not event.assoc.accepted_contexts else "")
 
 
 def build_ae(settings: Settings) -> AE:

@@ -3,6 +3,7 @@ readable only by the node's user. Peers are dcmtk's echoscu/storescu (TLS-enable
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from mammo_scp.db import Database, upgrade
 from mammo_scp.receive.scp import start_scp
 from mammo_scp.store.ingest import Ingestor
 from mammo_scp.store.spool import Spool
-from tests.support.mg import four_view_study
+from tests.support.mg import four_view_study, make_mg
 from tests.support.peers import DCMTK_BIN, free_port, storescu, wait_for
 
 AET = "MAMMO_SCP"
@@ -126,3 +127,27 @@ def test_associations_beyond_the_limit_are_rejected(scp) -> None:
         for assoc in held:
             assoc.release()
     assert echoscu(settings.port).returncode == 0
+
+
+def test_refused_presentation_contexts_are_logged_by_name_once(scp, tmp_path: Path,
+                                                               caplog) -> None:
+    """A sender of a CT image sees "No presentation context"; the node's log says which SOP
+    class it refused and why, in one line for the association."""
+    settings = scp()
+    ct = make_mg("R", "CC", study_uid="1.2.826.0.1.27")
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ct.Modality = "CT"
+    path = tmp_path / "ct.dcm"
+    ct.save_as(path, enforce_file_format=True)
+    sent = storescu(settings.port, AET, [path], "-R")  # propose only the file's SOP class
+    assert "no presentation context" in sent.stderr.lower() or sent.returncode != 0, \
+        sent.stderr
+    line = "CT Image Storage: SOP class not accepted by the node"
+    wait_for(lambda: line in caplog.text, 5.0, interval=0.05, what=f"the log line {line!r}")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()
+                and "proposed presentation context" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
+    assert refusals[0].levelname == "WARNING"
+    # storescu proposes the CT class once per transfer syntax it can send it in
+    assert re.search(r"(\d+) of \1 proposed presentation context\(s\) refused \(none "
+                     r"accepted", refusals[0].getMessage()), refusals[0].getMessage()
