@@ -2,7 +2,11 @@
 
 For an admin or radiologist without a DICOM viewer. Each image is windowed
 with its own VOI (window centre/width or VOI LUT), scaled to a common height,
-and drawn side by side in the order given. The mass mask is tinted red with a
+and drawn side by side in the standard mammography hanging: RCC, LCC, RMLO, LMLO
+(then any other view, in the order given), each pair back to back with the chest
+walls meeting: right breasts with the chest wall on the right edge, left breasts on
+the left edge; an image whose PatientOrientation puts its chest wall on the other
+side is mirrored, with its mask and boxes. The mass mask is tinted red with a
 red outline (the SEG's display colour); each detection box is drawn in yellow
 with "p=<p_malignant> s=<score>" above it; the image label (e.g. "RCC") sits in
 the top left corner.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,8 +24,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_voi_lut
 
-from mammo_scp.encode.common import image_label, pair_analyses
-from mammo_scp.results import ImageAnalysis
+from mammo_scp.encode.common import image_label, laterality_of, pair_analyses, view_label_of
+from mammo_scp.results import Box, ImageAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,44 @@ MASK_RGB = (255, 0, 0)
 BOX_RGB = (255, 220, 0)
 LABEL_RGB = (255, 255, 255)
 MASK_ALPHA = 0.35
+
+
+#: The standard hanging of a screening study, left to right.
+HANGING = ("RCC", "LCC", "RMLO", "LMLO")
+
+
+def hanging_position(source: Dataset) -> int:
+    """Where an image hangs: its index in :data:`HANGING`, other views after them."""
+    try:
+        label = f"{laterality_of(source).value}{view_label_of(source)}"
+    except ValueError:
+        return len(HANGING)
+    return HANGING.index(label) if label in HANGING else len(HANGING)
+
+
+def _mirrored(source: Dataset) -> bool:
+    """True when the image must be mirrored to hang back to back: a right breast whose
+    rows run towards anterior (chest wall on the left), or a left breast whose rows run
+    towards posterior (PatientOrientation's first value); False when it does not say."""
+    orientation = source.get("PatientOrientation")
+    if not orientation or len(orientation) < 1:
+        return False
+    row_direction = str(orientation[0]).upper()
+    try:
+        laterality = laterality_of(source).value
+    except ValueError:
+        return False
+    chest_wall_away = "P" if laterality == "R" else "A"
+    toward_nipple = "A" if laterality == "R" else "P"
+    return toward_nipple in row_direction and chest_wall_away not in row_direction
+
+
+def _mirror(analysis: ImageAnalysis, columns: int) -> ImageAnalysis:
+    findings = tuple(
+        replace(f, box=Box(x0=columns - f.box.x1, y0=f.box.y0, x1=columns - f.box.x0,
+                           y1=f.box.y1))
+        for f in analysis.findings)
+    return replace(analysis, mask=analysis.mask[:, ::-1], findings=findings)
 
 
 def _to_uint8(source: Dataset) -> np.ndarray:
@@ -48,6 +91,9 @@ def _to_uint8(source: Dataset) -> np.ndarray:
 def _render_one(source: Dataset, analysis: ImageAnalysis, height: int) -> np.ndarray:
     grey = _to_uint8(source)
     rows, columns = grey.shape
+    if _mirrored(source):
+        grey = np.ascontiguousarray(grey[:, ::-1])
+        analysis = _mirror(analysis, columns)
     scale = height / rows
     width = max(1, round(columns * scale))
     rgb = cv2.cvtColor(cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA),
@@ -81,7 +127,8 @@ def _render_one(source: Dataset, analysis: ImageAnalysis, height: int) -> np.nda
 
 def render_preview(datasets: Sequence[Dataset], analyses: Sequence[ImageAnalysis],
                    height: int = DEFAULT_HEIGHT) -> np.ndarray:
-    """All images with their results, side by side, as an RGB uint8 array (height x width x 3).
+    """All images with their results, side by side in the standard hanging (RCC, LCC, RMLO,
+    LMLO, then other views in the order given), as an RGB uint8 array (height x width x 3).
 
     Raises
     ------
@@ -90,7 +137,8 @@ def render_preview(datasets: Sequence[Dataset], analyses: Sequence[ImageAnalysis
     """
     if height <= 0:
         raise ValueError(f"height must be positive, got {height}")
-    pairs = pair_analyses(datasets, analyses)
+    pairs = sorted(pair_analyses(datasets, analyses),
+                   key=lambda pair: hanging_position(pair[0]))  # stable: others keep order
     tiles = [_render_one(source, analysis, height) for source, analysis in pairs]
     gap = np.full((height, GAP, 3), GAP_GREY, dtype=np.uint8)
     parts: list[np.ndarray] = []

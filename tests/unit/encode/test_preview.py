@@ -68,3 +68,33 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         render_preview(sources, analyses[:2])
     with pytest.raises(ValueError, match="path"):
         save_preview(sources, analyses, tmp_path / "missing-dir" / "p.png")
+
+
+def _marked(source, row: int, col: int):
+    """``source`` black but for a bright 16 x 16 block at (row, col)."""
+    pixels = np.zeros((int(source.Rows), int(source.Columns)), dtype=np.uint16)
+    pixels[row:row + 16, col:col + 16] = 4000
+    source.PixelData = pixels.tobytes()
+    return source
+
+
+def test_views_hang_rcc_lcc_rmlo_lmlo_whatever_the_order_received() -> None:
+    by_label = {f"{s.ImageLaterality}{s.ViewPosition}": s for s in four_view(256, 208)}
+    for n, label in enumerate(("RCC", "LCC", "RMLO", "LMLO")):  # each marked at its own row
+        _marked(by_label[label], 32 + 48 * n, 96)
+    received = [by_label[label] for label in ("RCC", "LMLO", "LCC", "RMLO")]
+    image = render_preview(received, [analysis_for(s) for s in received], height=256)
+    tile = 208 + GAP
+    marks = [int(np.argmax(image[:, k * tile + 96 + 8, 0])) for k in range(4)]
+    assert marks == [32, 80, 128, 176]  # RCC, LCC, RMLO, LMLO
+
+
+def test_chest_walls_meet_an_image_facing_the_other_way_is_mirrored() -> None:
+    rcc, lcc = four_view(256, 208)[:2]
+    rcc.PatientOrientation = ["A", "L"]  # rows run towards the nipple: chest wall on the left
+    _marked(rcc, 100, 0)  # at the chest wall
+    _marked(lcc, 100, 0)  # LCC as modalities send it: chest wall on the left already
+    image = render_preview([rcc, lcc], [analysis_for(s) for s in (rcc, lcc)], height=256)
+    row = image[108, :, 0]
+    assert row[208 - 8] > 200 and row[8] < 50  # RCC: the block now at its right edge
+    assert row[208 + GAP + 8] > 200  # LCC unchanged, chest walls back to back
