@@ -248,12 +248,23 @@ def status_page(state: NodeState, recent: int = 50) -> str:
     for job_id, destination, error, delivery_state in delivery_errors:
         out.append(f"<tr><td>{job_id}</td><td>delivery to {_e(destination)} "
                    f"({_e(delivery_state.value)})</td><td>{_e(error)}</td></tr>")
-    out.append("</table><h2>Destinations</h2><table id='destinations'><tr><th>name</th>"
-               "<th>kind</th><th>target</th><th>last success</th><th>pending</th></tr>")
-    for dest in settings.destinations:
-        out.append(f"<tr><td>{_e(dest.name)}</td><td>{_e(dest.kind)}</td>"
-                   f"<td>{_e(dest.target)}</td>"
-                   f"<td>{_ts(last_success.get(dest.name))}</td>"
-                   f"<td>{pending.get(dest.name, 0)}</td></tr>")
-    out.append(f"</table><p>Generated {_ts(utcnow())} UTC. Read-only.</p></body></html>")
+    out.append("</table><h2>Destinations</h2>")
+    if not settings.destinations:
+        out.append(
+            "<p id='no-destinations'>No destinations: results stay in the spool "
+            f"(<code>{_e(str(state.spool.results))}/&lt;job id&gt;/</code>). To send them, "
+            "add a <code>[[destinations]]</code> table to the node's configuration "
+            "(<code>name</code>, <code>ae_title</code>, <code>host</code>, <code>port</code>; "
+            "or set <code>MAMMO_SCP_DESTINATIONS</code> to a JSON list) and restart the "
+            "node.</p>")
+    else:
+        out.append("<table id='destinations'><tr><th>name</th><th>kind</th><th>target</th>"
+                   "<th>last success</th><th>pending</th></tr>")
+        for dest in settings.destinations:
+            out.append(f"<tr><td>{_e(dest.name)}</td><td>{_e(dest.kind)}</td>"
+                       f"<td>{_e(dest.target)}</td>"
+                       f"<td>{_ts(last_success.get(dest.name))}</td>"
+                       f"<td>{pending.get(dest.name, 0)}</td></tr>")
+        out.append("</table>")
+    out.append(f"<p>Generated {_ts(utcnow())} UTC. Read-only.</p></body></html>")
     return "\n".join(out)

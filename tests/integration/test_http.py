@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mammo_scp.config import Settings
-from mammo_scp.db import Database
+from mammo_scp.db import Database, upgrade
 from mammo_scp.http import NodeState, start_http
 from mammo_scp.jobs.states import JobState
 from mammo_scp.store.spool import Spool
@@ -118,3 +118,31 @@ def test_status_page_shows_the_jobs_of_a_real_run(
     assert shot.is_file() and shot.stat().st_size > 10_000
     if os.environ.get("MAMMO_DOCS_SCREENSHOT"):  # how docs/status-page.png is made
         shutil.copy(shot, os.environ["MAMMO_DOCS_SCREENSHOT"])
+
+
+@pytest.mark.parametrize("destinations", [[], [{"name": "pacs", "ae_title": "PACS",
+                                                "host": "127.0.0.1", "port": 104}]])
+def test_status_page_says_when_no_destination_is_configured(
+        tmp_path: Path, destinations: list[dict[str, object]]) -> None:
+    settings = Settings.model_validate({"http_bind_address": "127.0.0.1",
+                                        "http_port": free_port(),
+                                        "destinations": destinations})
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    upgrade(db)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    server = start_http(NodeState(settings, db, spool, models_loaded=True))
+    assert server is not None
+    try:
+        status, page = _get(f"http://127.0.0.1:{settings.http_port}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 200
+    said = "No destinations: results stay in the spool"
+    if destinations:
+        assert said not in page and "<td>pacs</td>" in page
+    else:
+        assert said in page and "[[destinations]]" in page and "MAMMO_SCP_DESTINATIONS" in page
+        assert str(spool.results) in page
+        assert "id='destinations'" not in page  # no empty table
