@@ -332,8 +332,17 @@ def _freeze_startup_objects() -> None:
     logger.debug("%d objects kept out of garbage collection", gc.get_freeze_count())
 
 
+def worker_process_title(parent_pid: int) -> str:
+    """What ``ps`` shows for the worker process of ``serve`` (not ``python -B -c from
+    multiprocessing.spawn ...``)."""
+    return f"mammo-scp serve: workers (child of {parent_pid})"
+
+
 def _child_main(settings: Settings, parent: ParentLink) -> None:
     """The child process of :class:`WorkerProcess`: ``work`` without its own HTTP side."""
+    import setproctitle
+
+    setproctitle.setproctitle(worker_process_title(parent.pid))  # also /proc/PID/comm
     _die_with_parent()
     if os.getppid() != parent.pid:  # the parent died before prctl took effect
         os._exit(1)
