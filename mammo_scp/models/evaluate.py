@@ -72,6 +72,18 @@ def operating_point(per_image: Sequence[ImageDetections], threshold: float
             "fp_per_image": float(fp[-1])}
 
 
+def threshold_for_rate(per_image: Sequence[ImageDetections], rate: float) -> float:
+    """The lowest finding score that keeps the false positives per image at or below
+    ``rate``: how the default operating point is chosen on the validation split."""
+    scores = sorted({float(v) for _, s, _ in per_image for v in s}, reverse=True)
+    best = float(scores[0]) + 1e-6 if scores else 1.0
+    for t in scores:
+        if operating_point(per_image, t)["fp_per_image"] > rate:
+            break
+        best = t
+    return best
+
+
 def froc_points(per_image: Sequence[ImageDetections], rates: Sequence[float] = FP_RATES
                 ) -> list[float]:
     """Best sensitivity reachable with at most each rate of false positives per image."""
@@ -151,6 +163,12 @@ class EvalResult:
     operating_point: dict[str, float] | None = None
     dice_per_image: dict[str, float] = field(default_factory=dict)  # mass images, by key
     normal_images_with_mask: int = 0  # images without a mass on which a mask was drawn
+    n_normal_images: int = 0
+    # at the default operating point: images without a mass that get any mark (a mask or a
+    # finding), and findings reported per image
+    normal_images_marked: int = 0
+    findings_per_image: float = 0.0
+    threshold_at_half_fp: float | None = None  # lowest score giving <= 0.5 FP per image
     bootstrap: dict[str, Any] | None = None  # bootstrap_by_woman of the floor figures
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +179,10 @@ class EvalResult:
                 "ms_per_image": self.ms_per_image, "operating_point": self.operating_point,
                 "dice_per_image": self.dice_per_image,
                 "normal_images_with_mask": self.normal_images_with_mask,
+                "n_normal_images": self.n_normal_images,
+                "normal_images_marked": self.normal_images_marked,
+                "findings_per_image": self.findings_per_image,
+                "threshold_at_half_fp": self.threshold_at_half_fp,
                 "bootstrap": self.bootstrap}
 
 
@@ -197,7 +219,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     dices, ious = [], []
     dice_per_image: dict[str, float] = {}
     image_dices: list[float | None] = []
-    normal_with_mask = 0
+    normal_with_mask = normal_marked = reported = 0
+    default = float(getattr(analyzer, "score_threshold", 0.5))
     elapsed = 0.0
     for rec in records:
         src = read_source(rec)
@@ -213,6 +236,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         mal_scores.append(max([f.score * f.p_malignant for f in result.findings], default=0.0))
         mass_labels.append(int(rec.is_mass))
         mass_scores.append(max([f.score for f in result.findings], default=0.0))
+        shown = sum(f.score >= default for f in result.findings)
+        reported += shown
         if rec.is_mass:
             d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
             dices.append(d)
@@ -222,6 +247,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         else:
             image_dices.append(None)
             normal_with_mask += int(result.mask.any())
+            normal_marked += int(result.mask.any() or shown > 0)
     fp, sens = froc_curve(per_image)
     rates = froc_points(per_image)
     res = EvalResult(
@@ -231,9 +257,11 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         malignancy_auc=roc_auc(mal_labels, mal_scores), mass_auc=roc_auc(mass_labels, mass_scores),
         dice=float(np.mean(dices)) if dices else 0.0, iou=float(np.mean(ious)) if ious else 0.0,
         ms_per_image=1000.0 * elapsed / max(len(records), 1),
-        operating_point=operating_point(per_image, float(getattr(analyzer, "score_threshold",
-                                                                 0.5))),
+        operating_point=operating_point(per_image, default),
         dice_per_image=dice_per_image, normal_images_with_mask=normal_with_mask,
+        n_normal_images=sum(not r.is_mass for r in records), normal_images_marked=normal_marked,
+        findings_per_image=reported / max(len(records), 1),
+        threshold_at_half_fp=threshold_for_rate(per_image, 0.5),
         bootstrap=bootstrap_by_woman(per_image, image_dices, [r.woman for r in records]))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

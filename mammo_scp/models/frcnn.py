@@ -51,6 +51,14 @@ class FRCNNConfig:
     det_nms_iou: float = 0.3
     max_detections: int = 20
     bn_momentum: float = 0.99
+    # the ImageNet ResNet50 layout (keras.applications, seed 000's "ResNet extractor"):
+    # stride on each stage's first 1x1 convolution, input scaled to 0-255 (the ImageNet mean
+    # is folded into the stem), see mammo_scp.models.backbone
+    stride_in_1x1: bool = False
+    input_scale: tuple[float, float] = (2.0, -1.0)  # [0, 1] -> x * scale + offset
+    head_reduce: int = 0  # 1x1 convolution to this many channels before the box head (0: none)
+    frozen_stages: int = 0  # training: 1 freezes the stem, 2 also stage 2, ...
+    frozen_bn: bool = False  # training: batch normalisation keeps its statistics and affine
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,7 +71,7 @@ class FRCNNConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FRCNNConfig:
         d = dict(d)
-        for key in ("blocks", "anchor_sizes", "anchor_ratios"):
+        for key in ("blocks", "anchor_sizes", "anchor_ratios", "input_scale"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -172,10 +180,11 @@ def rpn_targets(cfg: FRCNNConfig, anchors: np.ndarray, gt: np.ndarray, rng: np.r
 # ----------------------------------------------------------------------------------- networks
 
 def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, bn_name: str,
-             dtype: Any, momentum: float, fold_bn: bool, gamma: str = "ones") -> Any:
+             dtype: Any, momentum: float, fold_bn: bool, gamma: str = "ones",
+             padding: str = "same") -> Any:
     """A convolution and its BatchNormalization; with ``fold_bn`` the convolution alone, with
     a bias (the inference form, see :mod:`mammo_scp.models.fold`)."""
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=fold_bn,
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=fold_bn,
                       name=name, dtype=dtype)(x)
     if fold_bn:
         return x
@@ -184,19 +193,20 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, bn_name:
 
 
 def _bottleneck(x: Any, filters: int, stride: int, project: bool, name: str, dtype: Any,
-                momentum: float, fold_bn: bool) -> Any:
+                momentum: float, fold_bn: bool, stride_in_1x1: bool = False) -> Any:
     shortcut = x
     if project:
         shortcut = _conv_bn(x, 4 * filters, 1, stride, f"{name}_proj", f"{name}_proj_bn",
                             dtype, momentum, fold_bn)
-    y = _conv_bn(x, filters, 1, 1, f"{name}_c1", f"{name}_bn1", dtype, momentum, fold_bn)
+    s1, s2 = (stride, 1) if stride_in_1x1 else (1, stride)
+    y = _conv_bn(x, filters, 1, s1, f"{name}_c1", f"{name}_bn1", dtype, momentum, fold_bn)
     y = layers.Activation("relu", dtype=dtype)(y)
-    y = _conv_bn(y, filters, 3, stride, f"{name}_c2", f"{name}_bn2", dtype, momentum, fold_bn)
+    y = _conv_bn(y, filters, 3, s2, f"{name}_c2", f"{name}_bn2", dtype, momentum, fold_bn)
     y = layers.Activation("relu", dtype=dtype)(y)
     y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_c3", f"{name}_bn3", dtype, momentum, fold_bn,
                  gamma="zeros")
     y = layers.Add(dtype=dtype)([shortcut, y])
-    return layers.Activation("relu", dtype=dtype)(y)
+    return layers.Activation("relu", name=f"{name}_out", dtype=dtype)(y)
 
 
 def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = False
@@ -207,15 +217,24 @@ def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = Fals
     :mod:`mammo_scp.models.fold`).
     """
     inputs = keras.Input((None, None, 1), name="image")
-    x = layers.Rescaling(2.0, offset=-1.0, dtype=dtype)(inputs)
-    x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn)
-    x = layers.Activation("relu", dtype=dtype)(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
+    x = layers.Rescaling(cfg.input_scale[0], offset=cfg.input_scale[1], dtype=dtype)(inputs)
+    if cfg.stride_in_1x1:  # keras.applications' stem: symmetric padding, as ImageNet saw it
+        x = layers.ZeroPadding2D(3, dtype=dtype)(x)
+        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn,
+                     padding="valid")
+        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
+        x = layers.ZeroPadding2D(1, dtype=dtype)(x)  # after a ReLU: zero is the minimum
+        x = layers.MaxPooling2D(3, strides=2, padding="valid", dtype=dtype)(x)
+    else:
+        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn)
+        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
     for stage, (n_blocks, stride) in enumerate(zip(cfg.blocks, (1, 2, 2), strict=True), start=2):
         filters = cfg.width * 2 ** (stage - 2)
         for block in range(n_blocks):
             x = _bottleneck(x, filters, stride if block == 0 else 1, block == 0,
-                            f"res{stage}_{block}", dtype, cfg.bn_momentum, fold_bn)
+                            f"res{stage}_{block}", dtype, cfg.bn_momentum, fold_bn,
+                            cfg.stride_in_1x1)
     features = x
     r = layers.Conv2D(cfg.rpn_channels, 3, padding="same", activation="relu", name="rpn_conv",
                       dtype=dtype)(features)
@@ -229,7 +248,11 @@ def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = Fals
 def build_head(cfg: FRCNNConfig, channels: int, dtype: Any = None) -> keras.Model:
     """RoI features (R, 7, 7, C) -> class logits (R, 3) and box deltas (R, 4)."""
     inputs = keras.Input((cfg.roi_size, cfg.roi_size, channels), name="roi_features")
-    x = layers.Flatten(dtype=dtype)(inputs)
+    x = inputs
+    if cfg.head_reduce:
+        x = layers.Conv2D(cfg.head_reduce, 1, activation="relu", name="head_reduce",
+                          dtype=dtype)(x)
+    x = layers.Flatten(dtype=dtype)(x)
     x = layers.Dense(cfg.head_hidden, activation="relu", name="fc1", dtype=dtype)(x)
     x = layers.Dropout(0.2, dtype=dtype)(x)
     x = layers.Dense(cfg.head_hidden, activation="relu", name="fc2", dtype=dtype)(x)
@@ -249,6 +272,20 @@ class FasterRCNN:
         channels = int(self.backbone.outputs[0].shape[-1])
         self.head = build_head(cfg, channels, dtype)
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def freeze(self) -> None:
+        """Training: stop the stem and the first stages (``cfg.frozen_stages``) and, with
+        ``cfg.frozen_bn``, every batch normalisation from learning (an ImageNet backbone
+        fine-tuned on a few hundred images, batches of four: detectron2's FREEZE_AT and
+        FrozenBatchNorm). The weights keep their order; only what trains changes."""
+        frozen = ["stem"] + [f"res{stage}_" for stage in range(2, self.cfg.frozen_stages + 1)]
+        for layer in self.backbone.layers:
+            if not layer.weights:
+                continue
+            if self.cfg.frozen_stages >= 1 and any(layer.name.startswith(p) for p in frozen):
+                layer.trainable = False
+            if self.cfg.frozen_bn and isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
 
     def for_inference(self, dtype: Any = None) -> FasterRCNN:
         """The same network with batch normalisation folded into its convolutions (faster;
@@ -279,6 +316,18 @@ class FasterRCNN:
         n = len(self.backbone.weights)
         self.backbone.set_weights(weights[:n])
         self.head.set_weights(weights[n:])
+
+    def tap_names(self) -> list[str]:
+        """The backbone layers a segmentation decoder reads: strides 2, 4, 8 and 16."""
+        last = [f"res{stage}_{n - 1}_out" for stage, n in enumerate(self.cfg.blocks, start=2)]
+        return ["stem_relu", *last]
+
+    def backbone_with_taps(self) -> keras.Model:
+        """The backbone (same layers, same weights) returning its RPN outputs and then the
+        feature maps of :meth:`tap_names`, so that one pass serves both heads."""
+        taps = [self.backbone.get_layer(name).output for name in self.tap_names()]
+        return keras.Model(self.backbone.input, [*self.backbone.outputs, *taps],
+                           name="backbone_taps")
 
     def anchors(self, feat_h: int, feat_w: int) -> tf.Tensor:
         key = (feat_h, feat_w)
@@ -348,12 +397,16 @@ class FasterRCNN:
     def detect(self, images: tf.Tensor) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
         """Inference: per image (boxes (D, 4), mass score (D,), p_malignant (D,))."""
         features, logits, deltas = self.backbone(images, training=False)
+        return self.detect_from(features, logits, deltas, tf.shape(images)[1:3])
+
+    def detect_from(self, features: tf.Tensor, logits: tf.Tensor, deltas: tf.Tensor,
+                    hw: tf.Tensor) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+        """:meth:`detect` from the backbone's outputs, for images of height and width ``hw``."""
         fh, fw = features.shape[1], features.shape[2]
         if fh is None or fw is None:
             anchors = self.anchors_tf(tf.shape(features)[1], tf.shape(features)[2])
         else:
             anchors = self.anchors(int(fh), int(fw))
-        hw = tf.shape(images)[1:3]
         props = self.proposals(logits, deltas, anchors, hw, self.cfg.rpn_post_nms_test)
         results = []
         for b, p in enumerate(props):

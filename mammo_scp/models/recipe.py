@@ -51,6 +51,8 @@ class TrainConfig:
     hard_negatives: str | None = None  # JSON of mined hard negatives (models mine-negatives)
     hard_negative_prob: float = 0.0  # share of windows centred on one, when not on a mass
     init_weights: str | None = None  # start from a run's .npz or a shipped model folder
+    backbone_weights: str | None = None  # detector: ImageNet ResNet50 (models backbone)
+    encoder_weights: str | None = None  # U-Net decoder: the detector whose backbone it reads
     ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
     model: dict[str, Any] = field(default_factory=dict)
 

@@ -44,7 +44,13 @@ from mammo_scp.models.recipe import (
 )
 from mammo_scp.models.recipe import optimizer as recipe_optimizer
 from mammo_scp.models.store import ModelBundle
-from mammo_scp.models.unet import UNetConfig, build_unet, dice_coefficient, segmentation_loss
+from mammo_scp.models.unet import (
+    UNetConfig,
+    build_decoder,
+    build_unet,
+    dice_coefficient,
+    segmentation_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +187,57 @@ def unet_val_dice(model: keras.Model, val: list[Sample]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def load_detector(path: Path) -> FasterRCNN:
+    """A trained detector (training form): a shipped folder (``models/frcnn/2.0.0``, verified)
+    or a run folder (its ``last.npz``)."""
+    from mammo_scp.models.store import MANIFEST, load_model_folder
+
+    if (path / MANIFEST).is_file():
+        bundle = load_model_folder(path)
+        if bundle.name != "frcnn":
+            raise ValueError(f"{path} is not a detector (frcnn)")
+        net = FasterRCNN(FRCNNConfig.from_dict(bundle.config))
+        net.set_weights(bundle.weights)
+        return net
+    run_config = path / "train_config.json"
+    if not run_config.is_file():
+        raise ValueError(f"{path} is neither a shipped detector nor a detector's run folder")
+    net = FasterRCNN(FRCNNConfig.from_dict(json.loads(run_config.read_text())["model"]))
+    net.set_weights(load_npz(path / "last.npz"))
+    return net
+
+
+def shared_segmenter(detector: FasterRCNN, ucfg: UNetConfig) -> tuple[keras.Model, keras.Model]:
+    """The segmenter on the detector's backbone: image -> frozen backbone (inference mode) ->
+    a new decoder. Returns the whole network and the decoder (all that trains and ships)."""
+    taps = detector.backbone_with_taps()
+    taps.trainable = False
+    decoder = build_decoder(ucfg)
+    image = keras.Input((None, None, 1), name="image")
+    features = taps(image, training=False)
+    model = keras.Model(image, decoder(features[3:]), name="shared_segmenter")
+    return model, decoder
+
+
 def train_unet(cfg: TrainConfig) -> Path:
     set_determinism(cfg.seed)
     logger.info("training U-Net on %s (%s)", cfg.data, describe_devices())
     train, val, patches = prepare(cfg)
-    ucfg = UNetConfig(**cfg.model)
-    model = build_unet(ucfg)
+    ucfg = UNetConfig.from_dict(cfg.model)
+    if ucfg.encoder == "detector":
+        if not cfg.encoder_weights:
+            raise ValueError("a decoder on the detector's backbone needs the detector "
+                             "(--encoder)")
+        detector = load_detector(Path(cfg.encoder_weights))
+        channels = tuple(int(detector.backbone.get_layer(name).output.shape[-1])
+                         for name in detector.tap_names())
+        ucfg = UNetConfig.from_dict({**ucfg.to_dict(), "encoder_channels": channels})
+        model, shipped = shared_segmenter(detector, ucfg)
+        logger.info("decoder on the backbone of %s (taps %s)", cfg.encoder_weights, channels)
+    else:
+        model = shipped = build_unet(ucfg)
     if cfg.init_weights:
-        model.set_weights(load_init_weights(Path(cfg.init_weights)))
+        shipped.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
     rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
@@ -238,8 +287,8 @@ def train_unet(cfg: TrainConfig) -> Path:
                 record["val_dice"] = dice
                 if dice > state.best:
                     state.best, state.best_epoch = dice, state.epoch
-                    save_npz(out / "best.npz", model.get_weights())
-            save_npz(out / "last.npz", model.get_weights())
+                    save_npz(out / "best.npz", shipped.get_weights())
+            save_npz(out / "last.npz", shipped.get_weights())
         state.history.append(record)
         logger.info("unet %s", json.dumps(record))
         save_checkpoint(ckpt, list(model.variables), optimizer, state, rng, average)
@@ -349,9 +398,16 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     train, val, patches = prepare(cfg)
     frc = FRCNNConfig.from_dict(cfg.model)
     net = FasterRCNN(frc)
+    if cfg.backbone_weights:
+        from mammo_scp.models.backbone import init_detector_backbone, load_backbone
+
+        n = init_detector_backbone(net.backbone, load_backbone(Path(cfg.backbone_weights)),
+                                   frc.input_scale[1])
+        logger.info("backbone: %d ResNet50 layers from %s", n, cfg.backbone_weights)
     if cfg.init_weights:
         net.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
+    net.freeze()
     window = (int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop is not None else cfg.train_shape
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
     rng = np.random.default_rng(cfg.seed)

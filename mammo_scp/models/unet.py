@@ -25,6 +25,11 @@ class UNetConfig:
     dropout_max: float = 0.3
     batch_norm: bool = True
     head_bias: float = -4.0  # initial logit of the head: a mass pixel is rare (~2 %)
+    # "own": the U-Net above. "detector": only its decoder, reading the detector's backbone
+    # at strides 2, 4, 8 and 16 (channels ``encoder_channels``), so that one ResNet50 pass
+    # serves both models (:func:`build_decoder`)
+    encoder: str = "own"
+    encoder_channels: tuple[int, ...] = ()
 
     def dropout(self, level: int) -> float:
         """Dropout rising from ``dropout_min`` at the top level to ``dropout_max`` at the bottom."""
@@ -38,6 +43,13 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        d = dict(d)
+        if "encoder_channels" in d:
+            d["encoder_channels"] = tuple(int(v) for v in d["encoder_channels"])
+        return cls(**d)
 
 
 def _block(x: Any, filters: int, dropout: float, cfg: UNetConfig, name: str,
@@ -78,6 +90,36 @@ def build_unet(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> ker
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="head", dtype="float32",
                             bias_initializer=keras.initializers.Constant(cfg.head_bias))(x)
     return keras.Model(inputs, outputs, name="unet")
+
+
+def build_decoder(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> keras.Model:
+    """Seed 004's decoder on a shared encoder: the detector's feature maps at strides 2, 4, 8
+    and 16 in, the mass probability at the image's size out.
+
+    From stride 16 up to stride 2, each level doubles the map (transposed convolution),
+    joins it with the encoder's map of that stride brought to the level's width (1x1
+    convolution) and runs the U-Net block (two 3x3 convolutions with ReLU, dropout). The 1x1
+    sigmoid head gives stride 2; a bilinear doubling gives the image's size.
+    """
+    if cfg.encoder != "detector" or len(cfg.encoder_channels) != 4:
+        raise ValueError("build_decoder needs encoder 'detector' and the four encoder channel "
+                         f"counts, got {cfg.encoder!r} {cfg.encoder_channels}")
+    taps = [keras.Input((None, None, c), name=f"tap{k}")
+            for k, c in enumerate(cfg.encoder_channels, start=1)]
+    x = taps[3]
+    for level in (3, 2, 1):  # stride 2 ** level
+        filters = cfg.width * 2 ** (level - 1)
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
+                                   name=f"dec{level}_tconv", dtype=dtype)(x)
+        skip = layers.Conv2D(filters, 1, activation="relu", name=f"dec{level}_skip",
+                             dtype=dtype)(taps[level - 1])
+        x = layers.Concatenate(name=f"dec{level}_cat", dtype=dtype)([x, skip])
+        x = _block(x, filters, cfg.dropout(level - 1), cfg, f"dec{level}", dtype, fold_bn)
+    x = layers.Conv2D(1, 1, activation="sigmoid", name="head", dtype="float32",
+                      bias_initializer=keras.initializers.Constant(cfg.head_bias))(x)
+    outputs = layers.UpSampling2D(2, interpolation="bilinear", name="to_image",
+                                  dtype="float32")(x)
+    return keras.Model(taps, outputs, name="decoder")
 
 
 def dice_coefficient(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:

@@ -16,6 +16,7 @@ from mammo_scp.models.evaluate import (
     froc_points,
     plot_froc,
     roc_auc,
+    threshold_for_rate,
 )
 
 
@@ -112,3 +113,41 @@ def test_evaluation_gives_each_mass_images_dice(mias_dir):
     assert abs(res.iou - (1.0 + 0.5) / 2) < 0.02  # the mass images' IoU: 1 and 1/2
     assert res.to_dict()["dice_per_image"] == res.dice_per_image
     assert res.normal_images_with_mask == 1 and res.to_dict()["normal_images_with_mask"] == 1
+
+
+def test_the_threshold_for_half_a_false_positive_per_image():
+    circle = [(50.0, 50.0, 10.0)]
+    hit = np.array([[45.0, 45.0, 55.0, 55.0]])
+    miss = np.array([[0.0, 0.0, 5.0, 5.0]])
+    # four images: false positives scoring 0.9, 0.6, 0.4 and 0.2; one mass found at 0.5
+    per_image = [(np.vstack([hit, miss]), np.array([0.5, 0.9]), circle),
+                 (miss, np.array([0.6]), []), (miss, np.array([0.4]), []),
+                 (miss, np.array([0.2]), [])]
+    # at 0.6: two FPs in four images (0.5 per image); at 0.5 still two; at 0.4 three
+    assert threshold_for_rate(per_image, 0.5) == 0.5
+    assert threshold_for_rate(per_image, 0.25) == 0.9
+    assert threshold_for_rate(per_image, 1.0) == 0.2
+
+
+def test_normal_images_with_a_mark_and_findings_per_image_at_the_default_threshold(mias_dir):
+    records = load_records(mias_dir)
+    normals = [r for r in records if not r.is_mass][:3]
+
+    class Marks:
+        score_threshold = 0.5
+
+        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold):
+            mask = np.zeros(src.shape[:2], bool)
+            box = SimpleNamespace(x0=1.0, y0=1.0, x1=9.0, y1=9.0)
+            findings = {normals[0].key: [SimpleNamespace(box=box, score=0.7, p_malignant=0.1),
+                                         SimpleNamespace(box=box, score=0.3, p_malignant=0.1)],
+                        normals[1].key: [SimpleNamespace(box=box, score=0.2, p_malignant=0.1)]}
+            if key == normals[2].key:
+                mask[5:9, 5:9] = True
+            return SimpleNamespace(findings=findings.get(key, []), mask=mask)
+
+    res = evaluate(normals, Marks())
+    # image 0: a finding above 0.5; image 1: only one below; image 2: a mask
+    assert res.normal_images_marked == 2 and res.n_normal_images == 3
+    assert res.findings_per_image == 1 / 3
+    assert res.to_dict()["normal_images_marked"] == 2
