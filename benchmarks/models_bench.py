@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -97,8 +98,22 @@ def dicom_preprocessing(image: tuple[np.ndarray, float], model_spacing_mm: float
     }
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def bench(models: Path, repeat: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"matmul_gflops": {}, "precisions": {}}
+    from mammo_scp.models.analyzer import cpu_flags
+
+    flags = cpu_flags()
+    report: dict[str, Any] = {
+        "cpu": {"model": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
+                "flags": {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                                   "amx_tile", "amx_bf16")}},
+        "matmul_gflops": {}, "precisions": {}}
     report["matmul_gflops"]["fp32"] = matmul_gflops(tf.float32)
     report["matmul_gflops"]["bf16"] = matmul_gflops(tf.bfloat16)
     analyzers = {p: Analyzer.load(models, p) for p in ("fp32", "bf16")}
@@ -109,8 +124,13 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
             pre = preprocess_array(pixels, spacing, model_spacing_mm=an.spacing_mm)
             img = pre.image
             shape = (1, img.shape[0], img.shape[1], 1)
-            unet_ms = time_ms(lambda a=an, i=img: a.segment(i), repeat)
-            det_ms = time_ms(lambda a=an, i=img: a.detect(i), repeat)
+            if an.shared_backbone:  # one backbone pass: the split the analyzer measures
+                splits = [an.segment_and_detect(img)[2] for _ in range(repeat + 2)][2:]
+                unet_ms = float(np.median([t["unet"] for t in splits]))
+                det_ms = float(np.median([t["frcnn"] for t in splits]))
+            else:
+                unet_ms = time_ms(lambda a=an, i=img: a.segment(i), repeat)
+                det_ms = time_ms(lambda a=an, i=img: a.detect(i), repeat)
             pre_ms = time_ms(lambda a=an, p=pixels, s=spacing: preprocess_array(
                 p, s, model_spacing_mm=a.spacing_mm), repeat)
             full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(p, s),
@@ -118,14 +138,22 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
             # a shipped ensemble runs every member, each twice with the mirror (tta_vflip):
             # its work is the sum of those passes
             passes = len(an.unets) * (2 if an.mask_tta else 1)
-            unet_flops = passes * graph_flops(lambda x, a=an: a.unet(x, training=False), shape)
+            if an.shared_backbone:  # the decoder's work: decoder and backbone less backbone
+                taps = an.detector.backbone_with_taps()
+                unet_flops = graph_flops(
+                    lambda x, t=taps, d=an.unet: d(t(x)[3:], training=False), shape
+                ) - graph_flops(lambda x, t=taps: t(x)[0], shape)
+            else:
+                unet_flops = passes * graph_flops(lambda x, a=an: a.unet(x, training=False),
+                                                  shape)
             bb_flops = graph_flops(lambda x, a=an: a.detector.backbone(x, training=False)[1],
                                    shape)
             cfg = an.detector.cfg
             channels = int(an.detector.backbone.outputs[0].shape[-1])
+            first = (channels * cfg.head_reduce + cfg.head_reduce * cfg.head_hidden
+                     if cfg.head_reduce else channels * cfg.head_hidden)
             head_flops = cfg.rpn_post_nms_test * 2.0 * (
-                cfg.roi_size ** 2 * channels * cfg.head_hidden + cfg.head_hidden ** 2
-                + cfg.head_hidden * 7)
+                cfg.roi_size ** 2 * first + cfg.head_hidden ** 2 + cfg.head_hidden * 7)
             det_flops = len(an.detectors) * (bb_flops + head_flops)
             per[name] = {
                 "model_input": list(img.shape),
@@ -135,6 +163,8 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
                 "unet_ms": round(unet_ms, 1),
                 "frcnn_ms": round(det_ms, 1),
                 "analyze_ms": round(full_ms, 1),
+                "four_view_study_ms": round(4 * full_ms, 1),
+                "shared_backbone": an.shared_backbone,
                 "unet_gflop": round(unet_flops / 1e9, 3),
                 "frcnn_gflop": round(det_flops / 1e9, 3),
                 "unet_gflops_per_s": round(unet_flops / unet_ms / 1e6, 2),

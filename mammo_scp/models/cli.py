@@ -122,6 +122,10 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ev.add_argument("--all", action="store_true",
                     help="evaluate every image, not only the validation women of the manifest")
+    ev.add_argument("--look", choices=["film", "digital"], default="film",
+                    help="digital: render each film as a full-field digital mammogram first "
+                         "(thickness equalised, sigmoid LUT, noise, 12 bits; "
+                         "mammo_scp.models.looks)")
     ev.add_argument("--update-manifests", action="store_true",
                     help="write the figures into both manifests as validation metrics")
     ev.set_defaults(func=_evaluate)
@@ -500,9 +504,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         held = [r for r in records if r.key in val]
         if held:
             records, scope = held, "validation women of the manifest split"
+    if args.look != "film" and args.update_manifests:
+        print("error: the manifests keep the figures of the images as they are (--look film)",
+              file=sys.stderr)
+        return 2
     result = evaluate(records, analyzer, args.out,
-                      title=f"{analyzer.detector_info.name} {analyzer.detector_info.version}")
+                      title=f"{analyzer.detector_info.name} {analyzer.detector_info.version}",
+                      look=args.look)
     figures = {**result.to_dict(), "scope": scope, "precision": args.precision,
+               "look": args.look,
                "models": {"unet": analyzer.segmenter_info.version,
                           "frcnn": analyzer.detector_info.version}}
     (args.out / "evaluation.json").write_text(json.dumps(figures, indent=2) + "\n")

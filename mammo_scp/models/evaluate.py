@@ -208,11 +208,20 @@ def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
 
 
 def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
-             title: str = "FROC") -> EvalResult:
-    """Run the analyzer on every record (mini-MIAS layout) and compute all figures."""
+             title: str = "FROC", look: str = "film") -> EvalResult:
+    """Run the analyzer on every record (mini-MIAS layout) and compute all figures.
+
+    ``look="digital"``: each image rendered as a full-field digital mammogram first
+    (:func:`mammo_scp.models.looks.digital_look`, its settings drawn with the seed of the
+    image's place in ``records``), the same truth.
+    """
     import time
 
     from mammo_scp.models.data import read_source, truth_mask
+    from mammo_scp.models.looks import digital_look
+
+    if look not in ("film", "digital"):
+        raise ValueError(f"look must be 'film' or 'digital', got {look!r}")
 
     per_image: list[ImageDetections] = []
     mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
@@ -222,8 +231,10 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     normal_with_mask = normal_marked = reported = 0
     default = float(getattr(analyzer, "score_threshold", 0.5))
     elapsed = 0.0
-    for rec in records:
+    for index, rec in enumerate(records):
         src = read_source(rec)
+        if look == "digital":
+            src = digital_look(src, rec.spacing_mm, np.random.default_rng(index))
         t0 = time.perf_counter()
         result = analyzer.analyze_array(src, rec.spacing_mm, rec.laterality, rec.key,
                                         score_threshold=0.0)
