@@ -7,8 +7,8 @@ import re
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from pydicom import dcmread
 from mammo_scp.db import Database
 from mammo_scp.jobs.models import Instance, Job
 from mammo_scp.jobs.states import CompletionTrigger, JobState
+from mammo_scp.node import worker_process_title
 from tests.support.mg import Patient, four_view_study, make_mg
 from tests.support.mias import mias_mass_study
 from tests.support.peers import NodeProcess, echo_ok, free_port, storescu, wait_for, write_config
@@ -43,23 +44,31 @@ class RunningNode:
             return list(session.scalars(sa.select(Job).order_by(Job.id)))
 
 
-@pytest.fixture
-def node(tmp_path: Path, database_url: str) -> Iterator[RunningNode]:
+@contextmanager
+def _running_node(tmp_path: Path, database_url: str, **settings: object
+                  ) -> Iterator[RunningNode]:
     port = free_port()
     data = tmp_path / "data"
     config = write_config(tmp_path / "node.toml", {
         "port": port, "bind_address": "127.0.0.1", "data_dir": str(data),
         "database_url": database_url, "quiet_period_s": 3.0, "poll_interval_s": 0.2,
-        "min_free_mb": 1,
+        "min_free_mb": 1, **settings,
     })
     process = NodeProcess("serve", config, tmp_path / "serve.log").start()
     try:
-        process.wait_listening(port, AET)
+        # model loading and warm-up: ~30 s on 2 idle cores, minutes on a loaded machine
+        process.wait_listening(port, AET, timeout=300.0)
         yield RunningNode(process, port, config, data, Database(database_url))
     finally:
         code = process.stop()
         print(process.output())
     assert code == 0, "the node did not shut down cleanly on SIGTERM"
+
+
+@pytest.fixture
+def node(tmp_path: Path, database_url: str) -> Iterator[RunningNode]:
+    with _running_node(tmp_path, database_url) as running:
+        yield running
 
 
 def _acknowledged(result: subprocess.CompletedProcess[str]) -> int:
@@ -176,18 +185,37 @@ def _findings(node: RunningNode, job_id: int) -> list[object]:
     return [image["findings"] for image in json.loads(path.read_text())]
 
 
-def test_views_sent_one_at_a_time_are_analysed_as_they_arrive(node: RunningNode,
+@pytest.fixture
+def watched_node(tmp_path: Path, database_url: str) -> Iterator[RunningNode]:
+    """A node whose log says when each image has been analysed on arrival (DEBUG), and whose
+    studies are completed by the four views only (no quiet period within the test)."""
+    # worker_nice 0: at the default 10 (plus the suite's own nice), the models' thread gets a
+    # few percent of a core beside a busy process at nice 0, and one analysis takes minutes
+    with _running_node(tmp_path, database_url, log_level="DEBUG", quiet_period_s=600.0,
+                       worker_nice=0) as running:
+        yield running
+
+
+def test_views_sent_one_at_a_time_are_analysed_as_they_arrive(watched_node: RunningNode,
                                                              tmp_path: Path) -> None:
     """A unit sends each view as it takes it. The worker analyses each one while it waits
     for the rest, and the study's job (started by the fourth view) takes those analyses
     instead of running the models again; its findings are those of the same images sent
-    all at once."""
+    all at once.
+
+    The next view goes out once the node's log says the last one was analysed (a real unit
+    takes a minute or so between views), not after a fixed pause: on a loaded machine an
+    analysis can take longer than any pause chosen here."""
+    node = watched_node
     _, paced = mias_mass_study(tmp_path / "paced")
     for n, path in enumerate(paced):
         assert _acknowledged(storescu(node.port, AET, [path])) == 1
         if n < len(paced) - 1:
-            time.sleep(2.0)  # a real unit: a minute or so
-    first = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 60,
+            analysed = f"instance {dcmread(path, stop_before_pixels=True).SOPInstanceUID} " \
+                       "analysed on arrival"
+            wait_for(lambda line=analysed: line in node.process.output(), 300, interval=0.1,
+                     what=f"the log line {analysed!r}")
+    first = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE], 300,
                      what="the paced study's job")[0]
     note = _analyze_note(node, first.id)
     ahead = re.search(r"\((\d) analysed on arrival\)", note)
@@ -196,6 +224,19 @@ def test_views_sent_one_at_a_time_are_analysed_as_they_arrive(node: RunningNode,
     _, together = mias_mass_study(tmp_path / "together")
     assert _acknowledged(storescu(node.port, AET, together)) == 4
     second = wait_for(lambda: [j for j in node.jobs() if j.state == JobState.DONE
-                               and j.id != first.id], 60, what="the second study's job")[0]
+                               and j.id != first.id], 600, what="the second study's job")[0]
     assert _findings(node, first.id) == _findings(node, second.id)
     assert any(_findings(node, first.id))
+
+
+def test_the_worker_process_is_named_in_ps(node: RunningNode) -> None:
+    """ps shows serve's worker process by name, not as ``python -B -c from
+    multiprocessing.spawn ...``."""
+    serve = node.process.proc
+    assert serve is not None
+    children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+    titles = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+              .strip() for pid in children}
+    named = [pid for pid, title in titles.items() if title == worker_process_title(serve.pid)]
+    assert len(named) == 1, titles
+    assert Path(f"/proc/{named[0]}/comm").read_text().strip() == "mammo-scp serve"
