@@ -22,11 +22,16 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+from mammo_scp.decode import decode_pixels
+
 logger = logging.getLogger(__name__)
 
 # Used when a dataset carries neither ImagerPixelSpacing nor PixelSpacing. 0.1 mm is typical of
 # full-field digital mammography detectors (0.05-0.1 mm) and of digitised film at 254 dpi.
 DEFAULT_SPACING_MM = 0.1
+#: Pixel spacings (mm) of real mammograms: detectors of 0.05-0.1 mm, film digitised at
+#: 0.02-0.5 mm. Anything else is refused: the image is skipped with the reason.
+PLAUSIBLE_SPACING_MM = (0.02, 0.5)
 BLUR_SIGMA_MM = 0.8
 BREAST_FIND_SPACING_MM = 0.4
 CLAHE_CLIP_LIMIT = 2.0
@@ -124,14 +129,53 @@ class Preprocessed:
 
 
 def dataset_spacing(ds: Dataset) -> tuple[float, float]:
-    """(row, column) spacing in mm: ImagerPixelSpacing, else PixelSpacing, else the default."""
+    """(row, column) spacing in mm: ImagerPixelSpacing, else PixelSpacing, else the default.
+
+    Raises
+    ------
+    ValueError
+        If the spacing the image carries is not two numbers within
+        :data:`PLAUSIBLE_SPACING_MM` (a 74.7 mm spacing would make the resampling to the
+        models' 0.4 mm ask for gigabytes).
+    """
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
-            return (float(value[0]), float(value[1]))
+        if keyword not in ds:
+            continue
+        spacing = plausible_spacing(ds, keyword)
+        if spacing is None:
+            continue  # present but empty: as if absent
+        return spacing
     logger.warning("no pixel spacing in %s; assuming %.2f mm", ds.get("SOPInstanceUID", "?"),
                    DEFAULT_SPACING_MM)
     return (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM)
+
+
+def plausible_spacing(ds: Dataset, keyword: str) -> tuple[float, float] | None:
+    """The (row, column) spacing in ``keyword``; None when absent or empty.
+
+    Raises
+    ------
+    ValueError
+        If it is not two numbers, each within :data:`PLAUSIBLE_SPACING_MM`.
+    """
+    low, high = PLAUSIBLE_SPACING_MM
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        items = [value] if isinstance(value, str | bytes | float | int) else list(value)
+        values = [float(v) for v in items]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{keyword} is not a pair of numbers ({type(exc).__name__})") from None
+    if not values:
+        return None
+    if len(values) != 2:
+        raise ValueError(f"{keyword} has {len(values)} values, not 2 (row\\column)")
+    if not all(low <= v <= high for v in values):
+        shown = "\\".join(f"{v:g}" for v in values)
+        raise ValueError(f"{keyword} {shown} mm is outside the {low:g}-{high:g} mm of "
+                         "mammography detectors")
+    return (values[0], values[1])
 
 
 def presentation_image(ds: Dataset) -> np.ndarray:
@@ -144,7 +188,7 @@ def presentation_image(ds: Dataset) -> np.ndarray:
     """
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError("only single-sample (grayscale) images can be analysed")
-    arr = ds.pixel_array
+    arr = decode_pixels(ds)  # compressed data in a process of its own (mammo_scp.decode)
     if arr.ndim != 2:
         raise ValueError(f"expected one 2-D frame, got pixel array of shape {arr.shape}")
     monochrome1 = str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1"
