@@ -9,14 +9,17 @@ pixel data waits for the worker.
 from __future__ import annotations
 
 import logging
+import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException
 
 from mammo_scp.db import Database
 from mammo_scp.dicom import VIEW_CODES, StoreStatus, is_valid_uid
@@ -95,12 +98,52 @@ def view_of(ds: Dataset) -> str | None:
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """Parse the header of a received file, raising RejectedInstance when it is unusable."""
+    """Parse the header of a received file, raising RejectedInstance when it is unusable.
+
+    Whatever the parse raises (deflated data that does not inflate, a value whose length
+    does not fit its VR, an attribute encoded with another VR) is a refusal with the
+    reason, never an exception out of the C-STORE handler (pynetdicom would answer 0xC211
+    and leave its temporary file behind).
+    """
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        _check_vrs(ds)
+        return _header(ds)
+    except RejectedInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's data
         raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND,
-                               f"dataset cannot be parsed: {type(exc).__name__}") from exc
+                               f"dataset cannot be parsed: {_parse_failure(exc)}") from exc
+
+
+def _parse_failure(exc: Exception) -> str:
+    """Why a parse failed, in words that carry no value from the dataset (values may be
+    patient data)."""
+    if isinstance(exc, zlib.error):
+        return f"the deflated dataset does not inflate ({exc})"
+    where = _WHERE.search(str(exc))
+    if isinstance(exc, BytesLengthException) and where:
+        return f"the length of {where[1]} does not fit its VR {where[2]}"
+    return type(exc).__name__ + (f" at {where[1]}" if where else "")
+
+
+_WHERE = re.compile(r"(\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)) according to VR '(\w\w)'")
+
+
+def _check_vrs(ds: Dataset) -> None:
+    """Refuse header attributes the node reads that were sent with another VR than the
+    standard's (e.g. ViewCodeSequence as LO)."""
+    for keyword in _HEADER_TAGS:
+        if keyword not in ds:
+            continue
+        element = ds[keyword]
+        expected = dictionary_VR(element.tag)
+        if element.VR not in expected.split(" or "):
+            raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND,
+                                   f"{keyword} is encoded as {element.VR}, not {expected}")
+
+
+def _header(ds: Dataset) -> InstanceHeader:
     uids = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = str(ds.get(keyword, "") or "").strip()

@@ -4,21 +4,26 @@ serving."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from mammo_scp.dicom import StoreStatus
 from mammo_scp.jobs.models import Instance
 from mammo_scp.jobs.states import InstanceStatus, JobState
 from tests.support.inprocess import AET, InProcessNode
-from tests.support.mg import MG_FOR_PROCESSING, Patient, make_mg
-from tests.support.peers import StoreSCP, echo_ok, free_port, wait_for
+from tests.support.mg import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, Patient, make_mg
+from tests.support.peers import StoreSCP, echo_ok, free_port, send_file_as_is, wait_for
 
 
 def send(port: int, ds: Dataset) -> int:
@@ -167,3 +172,87 @@ def test_a_study_that_mixes_patients_is_refused(make_node: Callable[..., InProce
     assert "PID-TWO" not in caplog.text and "PID-ONE" not in caplog.text
     with node.db.session() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 1
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the dataset starts in a DICOM file: after the preamble, 'DICM' and group 2."""
+    (group_length,) = struct.unpack("<I", data[140:144])
+    return 144 + group_length
+
+
+def _deflate_garbage(tmp_path: Path) -> Path:
+    ds = _image(rows=64, cols=64)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = _file_bytes(ds)
+    path = tmp_path / "garbage.dcm"
+    path.write_bytes(data[:_meta_end(data)] + b"this is not deflate data" * 8)
+    return path
+
+
+def _deflate_truncated(tmp_path: Path) -> Path:
+    ds = _image(rows=64, cols=64)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = _file_bytes(ds)
+    end = _meta_end(data)
+    path = tmp_path / "truncated.dcm"
+    path.write_bytes(data[:end + (len(data) - end) // 3])
+    return path
+
+
+def _rows_three_bytes(tmp_path: Path) -> Path:
+    data = bytearray(_file_bytes(_image(rows=64, cols=64)))
+    at = data.find(b"\x28\x00\x10\x00US\x02\x00")
+    data[at:at + 10] = b"\x28\x00\x10\x00US\x03\x00" + data[at + 8:at + 10] + b"\x00"
+    path = tmp_path / "rows3.dcm"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _view_code_as_lo(tmp_path: Path) -> Path:
+    ds = _image(rows=64, cols=64)
+    del ds.ViewCodeSequence
+    ds.add(DataElement(0x00540220, "LO", "CC"))
+    path = tmp_path / "viewlo.dcm"
+    path.write_bytes(_file_bytes(ds))
+    return path
+
+
+UNPARSABLE = [
+    ("deflated payload that is not deflate data", _deflate_garbage, "does not inflate"),
+    ("deflated payload truncated", _deflate_truncated, "does not inflate"),
+    ("Rows as a 3-byte US value", _rows_three_bytes, "length of (0028,0010) does not fit"),
+    ("ViewCodeSequence encoded as LO", _view_code_as_lo, "ViewCodeSequence is encoded as LO"),
+]
+
+
+@pytest.mark.parametrize("make,reason", [c[1:] for c in UNPARSABLE],
+                         ids=[c[0] for c in UNPARSABLE])
+def test_unparsable_datasets_are_refused_with_a_reason_and_leave_nothing(
+    make_node: Callable[..., InProcessNode], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    make: Callable[[Path], Path], reason: str,
+) -> None:
+    """Issue 25: these were exceptions in the C-STORE handler (0xC211, a traceback, a
+    temporary file left in spool/incoming)."""
+    node = make_node(None)
+    path = make(tmp_path)
+    syntax = read_file_meta_info(path).TransferSyntaxUID
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MG_FOR_PRESENTATION, str(syntax))
+    assoc = ae.associate("127.0.0.1", node.settings.port, ae_title=AET)
+    assert assoc.is_established
+    status = send_file_as_is(assoc, path)
+    assoc.release()
+    assert int(status.Status) == StoreStatus.CANNOT_UNDERSTAND
+    assert reason in caplog.text
+    assert "Traceback" not in caplog.text
+    incoming = Path(node.settings.spool) / "incoming"
+    assert [p for p in incoming.rglob("*") if p.is_file()] == []
+    with node.db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Instance)) == 0
+    assert echo_ok(node.settings.port, AET)

@@ -175,3 +175,16 @@ class StoreSCP:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def send_file_as_is(assoc: Any, path: Path) -> Any:
+    """C-STORE the dataset bytes of a DICOM file unparsed (pynetdicom's chunked send), so a
+    payload pydicom cannot read (corrupt deflate data, say) reaches the peer as it is."""
+    from pynetdicom import _config
+
+    saved = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = saved
