@@ -58,6 +58,7 @@ from mammo_scp.encode.common import (
     laterality_of,
     pair_analyses,
     single_model,
+    valid_header,
     view_code_of,
 )
 from mammo_scp.encode.sr import box_polyline
@@ -293,6 +294,7 @@ def build_cad_sr(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis]) 
         If sources mix studies, sources and analyses do not match one to one, the
         analyses come from different detectors, or an image lacks laterality or view.
     """
+    sources = [valid_header(source) for source in sources]
     check_one_study(sources)
     pairs = pair_analyses(sources, analyses)
     detector = single_model([analysis.detector for analysis in analyses], "detector")

@@ -9,18 +9,23 @@ from the source; anything else would split the study in the PACS.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from highdicom.sr import CodedConcept
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
-from pydicom.valuerep import VR
+from pydicom.valuerep import VALIDATORS, VR, PersonName
 
 from mammo_scp import __version__
 from mammo_scp.encode.codes import Laterality
+from mammo_scp.preprocess import plausible_spacing
 from mammo_scp.results import ImageAnalysis, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -87,21 +92,150 @@ def copy_patient_study(source: Dataset, target: Dataset) -> None:
 
 
 def laterality_of(source: Dataset) -> Laterality:
-    """The breast an MG image shows, from ImageLaterality (or series Laterality).
+    """The breast an MG image shows: ImageLaterality if R or L, else series Laterality (the
+    rule ingest follows, so an image with ImageLaterality B and Laterality L is of L).
 
     Raises
     ------
     ValueError
         If the image is not of exactly one breast (R or L).
     """
-    value = source.get("ImageLaterality") or source.get("Laterality")
-    try:
-        return Laterality(value)
-    except ValueError:
-        raise ValueError(
-            f"source {source.get('SOPInstanceUID')} has ImageLaterality {value!r}; "
-            "only single-breast images (R or L) can be encoded"
-        ) from None
+    values = [str(source.get(keyword) or "").strip().upper()
+              for keyword in ("ImageLaterality", "Laterality")]
+    for value in values:
+        if value in ("R", "L"):
+            return Laterality(value)
+    raise ValueError(
+        f"source {source.get('SOPInstanceUID')} has ImageLaterality {values[0][:4]!r} and "
+        f"Laterality {values[1][:4]!r}; only single-breast images (R or L) can be encoded"
+    )
+
+
+#: Attributes of type 2 in the Patient and General Study modules: when the source's value
+#: is not valid they are copied empty, not left out.
+TYPE_2_KEYWORDS = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+})
+#: Enumerated values the encoders (highdicom) insist on.
+ENUMERATED: dict[str, frozenset[str]] = {
+    "PatientSex": frozenset({"M", "F", "O"}),
+    "ImageLaterality": frozenset({"R", "L", "U", "B"}),
+    "Laterality": frozenset({"R", "L"}),
+}
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
+                       "TM", "UC", "UI", "UR", "UT"})
+#: Control characters text values may hold (PS3.5 6.1.3): none in short strings; LF, FF, CR
+#: and TAB in the long texts.
+_TEXT_CONTROLS = {"LT": "\n\f\r\t", "ST": "\n\f\r\t", "UT": "\n\f\r\t"}
+
+
+def valid_header(source: Dataset) -> Dataset:
+    """A copy of ``source`` without its pixel data, holding only the values the standard
+    allows, so that what the result objects copy from it is valid whatever was received.
+
+    An invalid value (too long, bad characters such as NUL, ESC or a backslash in a single
+    name, a date that is no date, an enumerated value out of its set, an unknown character
+    set, a pixel spacing of 0) is left out; for type 2 attributes of the patient and study
+    it is copied empty. Values the node cannot decode are left out too.
+    """
+    copy = _valid_items(source, depth=0)
+    if hasattr(source, "file_meta"):
+        copy.file_meta = source.file_meta
+    terms = [str(t).strip() for t in _values(source.get("SpecificCharacterSet"))]
+    known = all(term in python_encoding or term == "" for term in terms)
+    if "SpecificCharacterSet" in copy and not known:
+        del copy.SpecificCharacterSet
+    if not known and _has_non_ascii(copy):
+        copy.SpecificCharacterSet = "ISO_IR 192"  # the values are Unicode here: say UTF-8
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            plausible_spacing(copy, keyword)
+        except ValueError:
+            del copy[keyword]
+    orientation = [str(v) for v in _values(copy.get("PatientOrientation"))]
+    if "PatientOrientation" in copy and (
+            len(orientation) != 2 or not all(_ORIENTATION.match(v) for v in orientation)):
+        del copy.PatientOrientation
+    return copy
+
+
+_ORIENTATION = re.compile(r"^[APRLHFX]{1,3}$")
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes | int | float | PersonName):
+        return [value]
+    if isinstance(value, Iterable):
+        return list(value)
+    return [value]
+
+
+def _valid_items(source: Dataset, depth: int) -> Dataset:
+    copy = Dataset()
+    for tag in list(source.keys()):
+        if tag in _PIXEL_TAGS and depth == 0:
+            continue
+        try:
+            element = source[tag]
+            if element.VR == VR.SQ:
+                if depth < 4:
+                    items = [_valid_items(item, depth + 1) for item in element.value]
+                    copy.add_new(tag, VR.SQ, items)
+                continue
+            ok = _valid_value(element)
+        except Exception:  # noqa: BLE001 - an element pydicom cannot even convert
+            ok = False
+            element = None
+        keyword = element.keyword if element is not None else ""
+        if ok and element is not None:
+            copy.add(deepcopy(element))
+        elif keyword in TYPE_2_KEYWORDS and depth == 0:
+            copy.add_new(tag, dictionary_VR(tag), None)
+    return copy
+
+
+def _valid_value(element: DataElement) -> bool:
+    """True when every value of the element is valid for its VR and VM."""
+    vr = str(element.VR)
+    values = _values(element.value)
+    if vr not in _TEXT_VRS and vr not in ("US", "SS", "UL", "SL", "FL", "FD"):
+        return True  # binary values (OB, OW, ...) are copied as they are
+    if element.tag.is_private or element.keyword == "":
+        return True
+    vm = dictionary_VM(element.tag)
+    if vm == "1" and len(values) > 1:
+        return False
+    allowed = ENUMERATED.get(element.keyword)
+    if allowed is not None and not all(str(v) in allowed for v in values):
+        return False
+    controls = _TEXT_CONTROLS.get(vr, "")
+    validate: Callable[[str, Any], tuple[bool, str]] | None = VALIDATORS.get(vr)
+    for value in values:
+        if vr in _TEXT_VRS:
+            if isinstance(value, bytes):
+                return False  # not decoded: the character set was not understood
+            value = str(value)  # a PersonName as the text it was read from
+            if any(ord(c) < 0x20 and c not in controls for c in value):
+                return False
+        if validate is not None and not validate(vr, value)[0]:
+            return False
+    return True
+
+
+def _has_non_ascii(ds: Dataset) -> bool:
+    for element in ds:
+        if element.VR == VR.SQ:
+            found = any(_has_non_ascii(item) for item in element.value)
+        else:
+            found = element.VR in _TEXT_VRS and any(
+                not str(v).isascii() for v in _values(element.value))
+        if found:
+            return True
+    return False
 
 
 def view_label_of(source: Dataset) -> str:

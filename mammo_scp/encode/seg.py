@@ -53,6 +53,7 @@ from mammo_scp.encode.common import (
     check_analysis,
     copy_patient_study,
     laterality_of,
+    valid_header,
 )
 from mammo_scp.encode.uids import ObjectKind, SeriesNumber, derive_uid
 from mammo_scp.results import ImageAnalysis
@@ -155,6 +156,7 @@ def build_seg(source: Dataset, analysis: ImageAnalysis) -> Dataset | None:
         If ``analysis`` is for another image, its mask does not match the source
         grid, or the source is not of one breast.
     """
+    source = valid_header(source)  # only valid values reach the SEG
     check_analysis(source, analysis)
     laterality_of(source)  # raises early for images that are not of one breast
     if not analysis.mask.any():

@@ -50,6 +50,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as hd_codes
 
 from mammo_scp.encode import codes
 from mammo_scp.encode.common import (
@@ -61,6 +62,7 @@ from mammo_scp.encode.common import (
     laterality_of,
     pair_analyses,
     single_model,
+    valid_header,
     view_code_of,
 )
 from mammo_scp.encode.seg import SEGMENT_NUMBER
@@ -224,8 +226,30 @@ def device_observer(detector: ModelInfo) -> hd.sr.ObserverContext:
     )
 
 
+#: TID 1603 descriptors highdicom requires of a projection image and writes from its
+#: Patient Orientation and Imager Pixel Spacing.
+_ORIENTATION_ITEMS = frozenset({hd_codes.DCM.PatientOrientationRow.value,
+                                hd_codes.DCM.PatientOrientationColumn.value})
+_SPACING_ITEMS = frozenset({hd_codes.DCM.HorizontalPixelSpacing.value,
+                            hd_codes.DCM.VerticalPixelSpacing.value})
+
+
+def _library_source(source: Dataset) -> Dataset:
+    """``source`` as highdicom's Image Library reads it. highdicom requires Patient
+    Orientation and Imager Pixel Spacing of a projection image; where the source has no
+    valid one, a placeholder goes in, whose items :func:`_describe_library_images` removes."""
+    library = _header_only(source)
+    if "PatientOrientation" not in source:
+        library.PatientOrientation = ["A", "R"]
+    if "ImagerPixelSpacing" not in source:
+        library.ImagerPixelSpacing = [0.1, 0.1]
+    return library
+
+
 def _describe_library_images(report: hd.sr.MeasurementReport, sources: Sequence[Dataset]) -> None:
-    """Add Image Laterality and Image View (TID 1602/1603) to each Image Library entry.
+    """Add Image Laterality and Image View (TID 1602/1603) to each Image Library entry,
+    and remove the orientation and spacing items of images that have none (placeholders
+    of :func:`_library_source`).
 
     highdicom's projection radiography descriptors stop at orientation and spacing;
     mammography readers need the laterality and view of every image.
@@ -239,6 +263,15 @@ def _describe_library_images(report: hd.sr.MeasurementReport, sources: Sequence[
                 if image.ValueType != "IMAGE":
                     continue
                 source = by_uid[str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                placeholders: set[str] = set()
+                if "PatientOrientation" not in source:
+                    placeholders |= _ORIENTATION_ITEMS
+                if "ImagerPixelSpacing" not in source:
+                    placeholders |= _SPACING_ITEMS
+                if placeholders:
+                    image.ContentSequence = [
+                        item for item in image.ContentSequence
+                        if item.ConceptNameCodeSequence[0].CodeValue not in placeholders]
                 image.ContentSequence.append(hd.sr.CodeContentItem(
                     name=codes.IMAGE_LATERALITY, value=laterality_of(source).code,
                     relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
@@ -318,6 +351,7 @@ def build_measurement_report(
         analyses come from different models, a SEG references something else, or
         there is no finding to report.
     """
+    sources = [valid_header(source) for source in sources]
     check_one_study(sources)
     pairs = pair_analyses(sources, analyses)
     if not has_findings(analyses):
@@ -343,7 +377,7 @@ def build_measurement_report(
         ),
         procedure_reported=codes.MAMMOGRAPHY,
         imaging_measurements=groups,
-        referenced_images=list(sources),
+        referenced_images=[_library_source(source) for source in sources],
     )
     _describe_library_images(report, sources)
     instance_uid = derive_uid(ObjectKind.SR_INSTANCE, study_uid, models, images)

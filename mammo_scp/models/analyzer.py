@@ -18,7 +18,13 @@ from mammo_scp.models.fold import fold_batch_norm
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, box_iou_np
 from mammo_scp.models.store import ModelBundle, load_model
 from mammo_scp.models.unet import UNetConfig, build_unet
-from mammo_scp.preprocess import FlipMode, Preprocessed, preprocess_array, preprocess_dataset
+from mammo_scp.preprocess import (
+    FlipMode,
+    Preprocessed,
+    Transform,
+    preprocess_array,
+    preprocess_dataset,
+)
 from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -90,6 +96,38 @@ def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px:
         keep &= touched
     keep[0] = False
     return np.asarray(keep[labels], dtype=np.float32)
+
+
+#: A detection is dropped when less than this share of its box lies on the image the
+#: detector saw (the rest is the zero padding to a multiple of the network's stride).
+MIN_SHARE_ON_IMAGE = 0.5
+#: Smallest side (source pixels) of a finding's box once clipped to the breast region.
+MIN_BOX_SIDE_PX = 1.0
+
+
+def breast_box(box: np.ndarray, transform: Transform) -> tuple[float, float, float, float] | None:
+    """A model-space detection box as a source box clipped to the breast region the
+    preprocessing cropped; None for a detection that lies mostly in the zero padding
+    (:data:`MIN_SHARE_ON_IMAGE`) or that is left with a side under :data:`MIN_BOX_SIDE_PX`.
+
+    The padding holds no image, so nothing found there is a finding; a box reaching past
+    the crop is cut at its edge, so every box lies on the image (the encoders require it).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    area = max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
+    rows, cols = transform.resized_shape
+    on_image = (max(min(x1, cols) - max(x0, 0.0), 0.0)
+                * max(min(y1, rows) - max(y0, 0.0), 0.0))
+    if area <= 0.0 or on_image < MIN_SHARE_ON_IMAGE * area:
+        return None
+    clipped = np.array([max(x0, 0.0), max(y0, 0.0), min(x1, cols), min(y1, rows)])
+    sx0, sy0, sx1, sy1 = transform.box_to_source(clipped)
+    r0, c0, crop_rows, crop_cols = transform.crop
+    sx0, sx1 = max(sx0, c0), min(sx1, c0 + crop_cols)
+    sy0, sy1 = max(sy0, r0), min(sy1, r0 + crop_rows)
+    if sx1 - sx0 < MIN_BOX_SIDE_PX or sy1 - sy0 < MIN_BOX_SIDE_PX:
+        return None
+    return (float(sx0), float(sy0), float(sx1), float(sy1))
 
 
 @dataclass(frozen=True)
@@ -273,9 +311,10 @@ class Analyzer:
         for box, score, p_mal in zip(det.boxes, det.scores, det.p_malignant, strict=True):
             if score < threshold:
                 continue
-            x0, y0, x1, y1 = pre_det.transform.box_to_source(box)
-            if x1 - x0 <= 0 or y1 - y0 <= 0:
+            in_breast = breast_box(box, pre_det.transform)
+            if in_breast is None:
                 continue
+            x0, y0, x1, y1 = in_breast
             findings.append(Finding(Box(float(x0), float(y0), float(x1), float(y1)),
                                     float(np.clip(score, 0, 1)), float(np.clip(p_mal, 0, 1))))
         findings.sort(key=lambda f: -f.score)
@@ -290,4 +329,4 @@ class Analyzer:
                              timings_ms=timings)
 
 
-__all__ = ["Analyzer", "Detections", "fuse_detections", "postprocess_mask"]
+__all__ = ["Analyzer", "Detections", "breast_box", "fuse_detections", "postprocess_mask"]
