@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -45,6 +46,10 @@ def configure_logging(level: str) -> None:
     # narrate each attribute module it copies (~30 lines a study, most of a node's log).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # pydicom warns about every invalid value it reads, quoting it (a patient's name or
+    # birth date): the node skips or cleans such values itself and says so without them.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
 class StartupError(Exception):
@@ -136,6 +141,8 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
     while not stop.wait(1.0):
         if child is not None:
             child.supervise()
+        if workers is not None:
+            workers.supervise()
     if server is not None:
         server.shutdown()
     if http is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from mammo_scp.decode import describe, is_fatal
 from mammo_scp.dicom import SopClass
 from mammo_scp.metrics import MODEL_SECONDS
+from mammo_scp.preprocess import dataset_spacing
 from mammo_scp.results import Box, Finding, ImageAnalysis, ModelInfo
 
 if TYPE_CHECKING:
@@ -91,7 +94,12 @@ _NOT_PROCESSED = {
 
 
 def load(ctx: JobContext) -> str:
-    """Read every processable instance; record the others as skipped with the reason."""
+    """Read every processable instance; record the others as skipped with the reason.
+
+    One image that cannot be read (a header pydicom cannot parse, an empty Pixel Data
+    element, Rows as text or with two values, ...) is skipped with its reason; the rest
+    of the study goes on.
+    """
     for record in ctx.instances:
         reason = _NOT_PROCESSED.get(record.sop_class_uid)
         if reason is None and record.laterality is None:
@@ -101,8 +109,13 @@ def load(ctx: JobContext) -> str:
         if reason is not None:
             ctx.skip(record.sop_instance_uid, reason)
             continue
-        ds = dcmread(record.path)
-        problem = image_problem(ds)
+        try:
+            ds = dcmread(record.path)
+            problem = image_problem(ds)
+        except BaseException as exc:  # noqa: BLE001 - one image's data must not sink the study
+            if is_fatal(exc):
+                raise
+            problem = f"cannot be read: {describe(exc)}"
         if problem is not None:
             ctx.skip(record.sop_instance_uid, problem)
             continue
@@ -129,10 +142,10 @@ def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> S
             else:
                 try:
                     analysis = analyzer.analyze(ds)
-                except Exception as exc:  # one bad image must not sink the study
-                    logger.warning("job %d: instance %s cannot be analysed: %s: %s",
-                                   ctx.job_id, uid, type(exc).__name__, exc)
-                    ctx.skip(uid, f"cannot be analysed: {type(exc).__name__}: {exc}")
+                except BaseException as exc:  # noqa: BLE001 - a native decoder's panic too
+                    if is_fatal(exc):
+                        raise
+                    ctx.skip(uid, f"cannot be analysed: {describe(exc)}")
                     continue
             ctx.analyses[uid] = analysis
             for model in ("unet", "frcnn"):
@@ -150,7 +163,12 @@ def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> S
 
 
 def encode_stage(*, cad_sr: bool) -> Stage:
-    """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR."""
+    """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR.
+
+    An image whose SEG, or whose part of a study object, cannot be encoded (a header the
+    encoders refuse) is skipped with the reason, and nothing derived from it is sent; the
+    study's objects are made from the other images.
+    """
 
     def encode(ctx: JobContext) -> str:
         from mammo_scp.encode import (
@@ -162,29 +180,82 @@ def encode_stage(*, cad_sr: bool) -> Stage:
 
         if not ctx.analyses:
             return "nothing to encode"
-        uids = list(ctx.analyses)
-        sources = [ctx.datasets[uid] for uid in uids]
-        analyses = [ctx.analyses[uid] for uid in uids]
-        segs = []
-        for source, analysis in zip(sources, analyses, strict=True):
-            seg = build_seg(source, analysis)
+        segs: dict[str, Dataset] = {}
+        for uid in list(ctx.analyses):
+            try:
+                seg = build_seg(ctx.datasets[uid], ctx.analyses[uid])
+            except BaseException as exc:  # noqa: BLE001 - one image must not sink the study
+                if is_fatal(exc):
+                    raise
+                ctx.skip(uid, f"its SEG cannot be encoded: {describe(exc)}")
+                continue
             if seg is not None:
-                segs.append(seg)
-                ctx.results.append(ResultObject("SEG", seg))
+                segs[uid] = seg
+
+        def report(uids: list[str]) -> Dataset:
+            return build_measurement_report([ctx.datasets[u] for u in uids],
+                                            [ctx.analyses[u] for u in uids],
+                                            [segs[u] for u in uids if u in segs])
+
+        def cad(uids: list[str]) -> Dataset:
+            return build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
+
         # No Measurement Report without findings: OHIF (3.13) fails to open one. The CAD SR,
         # when on, still says "succeeded without findings".
-        reports = 0
-        if has_findings(analyses):
-            ctx.results.append(ResultObject("SR", build_measurement_report(sources, analyses,
-                                                                            segs)))
-            reports = 1
+        study_objects: list[tuple[str, Callable[[list[str]], Dataset]]] = []
+        if has_findings(list(ctx.analyses.values())):
+            study_objects.append(("SR", report))
         if cad_sr:
-            ctx.results.append(ResultObject("CAD_SR", build_cad_sr(sources, analyses)))
+            study_objects.append(("CAD_SR", cad))
+        built: list[ResultObject] = []
+        analysed: set[str] = set()
+        while set(ctx.analyses) != analysed:  # again if an image was skipped on the way
+            analysed = set(ctx.analyses)
+            built = []
+            for kind, build in study_objects:
+                if kind == "SR" and not has_findings(list(ctx.analyses.values())):
+                    continue
+                dataset = _study_object(ctx, kind, build)
+                if dataset is not None:
+                    built.append(ResultObject(kind, dataset))
+        # SEGs of images skipped while the study objects were built are left out
+        ctx.results.extend(ResultObject("SEG", seg) for uid, seg in segs.items()
+                           if uid in ctx.analyses)
+        ctx.results.extend(built)
         ctx.artifacts[FINDINGS_FILE] = json.dumps(
-            [analysis_to_json(a) for a in analyses], indent=1).encode()
-        return f"{len(segs)} SEG, {reports} SR" + (", 1 CAD SR" if cad_sr else "")
+            [analysis_to_json(a) for a in ctx.analyses.values()], indent=1).encode()
+        kinds = [r.kind for r in ctx.results]
+        return (f"{kinds.count('SEG')} SEG, {kinds.count('SR')} SR"
+                + (f", {kinds.count('CAD_SR')} CAD SR" if cad_sr else ""))
 
     return Stage("encode", encode)
+
+
+def _study_object(ctx: JobContext, kind: str,
+                  build: Callable[[list[str]], Dataset]) -> Dataset | None:
+    """A study-level object of every analysed image. When that fails, the images are added
+    one by one (those with findings first) and each that makes it fail is skipped with the
+    reason; the object is then that of the others (None when no image is left)."""
+    uids = list(ctx.analyses)
+    try:
+        return build(uids)
+    except BaseException as exc:  # noqa: BLE001 - a header the encoder refuses, found below
+        if is_fatal(exc):
+            raise
+    kept: list[str] = []
+    dataset: Dataset | None = None
+    for uid in sorted(uids, key=lambda u: not ctx.analyses[u].findings):
+        if kind == "SR" and not any(ctx.analyses[u].findings for u in (*kept, uid)):
+            continue  # a report needs a finding: left out, as a study without any has none
+        try:
+            dataset = build([*kept, uid])
+        except BaseException as exc:  # noqa: BLE001
+            if is_fatal(exc):
+                raise
+            ctx.skip(uid, f"its {kind} content cannot be encoded: {describe(exc)}")
+            continue
+        kept.append(uid)
+    return dataset
 
 
 def analysis_to_json(analysis: ImageAnalysis) -> dict[str, Any]:
@@ -216,30 +287,69 @@ def image_problem(ds: Dataset) -> str | None:
 
     Pixel data are checked against Rows, Columns, Samples per Pixel and Bits Allocated
     for the uncompressed transfer syntaxes; compressed data is checked by decoding in
-    the analyze stage.
+    the analyze stage. Pixel spacing must be plausible for a mammogram
+    (:func:`~mammo_scp.preprocess.dataset_spacing`).
     """
     intent = str(ds.get("PresentationIntentType", "") or "").upper()
     if intent == "FOR PROCESSING":
         return "PresentationIntentType is FOR PROCESSING"
     modality = str(ds.get("Modality", "") or "")
     if modality != "MG":
-        return f"Modality is {modality or 'missing'}, not MG"
+        return f"Modality is {modality[:16] or 'missing'}, not MG"
     if "PixelData" not in ds:
         return "no pixel data"
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if not ds["PixelData"].value:
+        return "no pixel data (the Pixel Data element is empty)"
+    try:
+        samples = _one_int(ds, "SamplesPerPixel", 1)
+        rows, columns = _one_int(ds, "Rows", 0), _one_int(ds, "Columns", 0)
+        frames = _one_int(ds, "NumberOfFrames", 1)
+        bits = _one_int(ds, "BitsAllocated", 16)
+    except ValueError as exc:
+        return str(exc)
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        return f"colour image ({photometric or '?'}, {samples} samples): mammograms are grey"
+        return (f"colour image ({photometric[:16] or '?'}, {samples} samples): "
+                "mammograms are grey")
+    if rows <= 0 or columns <= 0:
+        return f"no image size (Rows {rows}, Columns {columns})"
+    if frames != 1:
+        return f"{frames} frames: only single-frame 2D mammograms are processed"
+    if bits not in (8, 16):
+        return f"BitsAllocated {bits}: only 8 or 16 bits per pixel are processed"
+    try:
+        dataset_spacing(ds)
+    except ValueError as exc:
+        return str(exc)
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
-        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = rows * columns * frames * ((int(ds.get("BitsAllocated", 16) or 16) + 7) // 8)
+        expected = rows * columns * frames * (bits // 8)
         actual = len(ds.PixelData)
         if actual < expected:
             return f"pixel data truncated: {actual} bytes for {rows} x {columns} ({expected})"
         if actual > expected + 1:  # one byte of padding to an even length is allowed
             return f"pixel data longer than {rows} x {columns} implies: {actual} > {expected}"
     return None
+
+
+def _one_int(ds: Dataset, keyword: str, default: int) -> int:
+    """The attribute's single whole-number value (``default`` when absent or empty).
+
+    Raises
+    ------
+    ValueError
+        If it holds several values or something that is not a whole number.
+    """
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    if isinstance(value, str | bytes):
+        return_value = str(value)[:16].encode("unicode_escape").decode("ascii")
+        raise ValueError(f"{keyword} is stored as text ({return_value!r}), not a number")
+    if not isinstance(value, int | float):
+        raise ValueError(f"{keyword} holds several values: one is required")
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{keyword} is not a whole number: {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from pydicom import dcmread
 
+from mammo_scp.decode import describe, is_fatal
 from mammo_scp.dicom import SopClass
 from mammo_scp.jobs.models import Instance
 from mammo_scp.jobs.states import InstanceStatus
@@ -139,8 +140,10 @@ class Prefetcher:
             logger.debug("instance %s analysed on arrival in %.0f ms", sop_uid,
                          analysis.timings_ms.get("total", 0.0))
             return True
-        except Exception as exc:  # the job analyses it again and reports the failure
-            logger.debug("instance %s not analysed on arrival: %s", sop_uid, exc)
+        except BaseException as exc:  # noqa: BLE001 - the job analyses it again and says why
+            if is_fatal(exc):
+                raise
+            logger.debug("instance %s not analysed on arrival: %s", sop_uid, describe(exc))
             return False
         finally:
             with self._lock:

@@ -17,12 +17,14 @@ import sqlalchemy as sa
 from mammo_scp.completion import queue_ready_studies
 from mammo_scp.config import Settings
 from mammo_scp.db import Database
+from mammo_scp.decode import describe, is_fatal
 from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import (
     claim_next_job,
     lock_owned_job,
     record_stage,
     recover_abandoned,
+    release_job,
     renew_lease,
     transition,
     worker_id,
@@ -57,10 +59,14 @@ class JobRunner:
                 started = time.perf_counter()
                 try:
                     note = stage.run(ctx)
-                except Exception as exc:  # a stage's failure fails the job, not the worker
-                    logger.exception("job %d: stage %s failed", job_id, stage.name)
-                    self._fail(job_id, worker, f"stage {stage.name} failed: "
-                                               f"{type(exc).__name__}: {exc}")
+                except BaseException as exc:  # noqa: BLE001 - fails the job, not the worker
+                    if is_fatal(exc):
+                        raise
+                    # Data problems are caught per image inside the stages; what reaches
+                    # here is a fault of the node, so its traceback is logged.
+                    logger.error("job %d: stage %s failed", job_id, stage.name,
+                                 exc_info=(type(exc), exc, exc.__traceback__))
+                    self._fail(job_id, worker, f"stage {stage.name} failed: {describe(exc)}")
                     return
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
                 STAGE_SECONDS.labels(stage=stage.name).observe(elapsed_ms / 1000.0)
@@ -210,6 +216,10 @@ class Workers:
         self.prefetcher = prefetcher
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._targets: dict[str, object] = {}
+        #: The job each job thread runs now, so that one that dies gives it back at once.
+        self._holding: dict[str, int] = {}
         self.images_arrived = Wakeup()  # the prefetcher's own, so housekeeping does not eat it
         self.instances_arrived = Wakeup(also=self.images_arrived)
         self._jobs_in_hand = 0
@@ -223,11 +233,43 @@ class Workers:
         if self.prefetcher is not None:
             targets.append(("prefetch", self._prefetch))
         for name, target in targets:
-            thread = threading.Thread(target=self._guard, args=(name, target), name=name,
-                                      daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self._targets[name] = target
+            self._start_thread(name)
         logger.info("started %d job worker(s), delivery and housekeeping", self.settings.workers)
+
+    def _start_thread(self, name: str) -> None:
+        thread = threading.Thread(target=self._guard, args=(name, self._targets[name]),
+                                  name=name, daemon=True)
+        thread.start()
+        self._threads[name] = thread
+        self.threads.append(thread)
+
+    def supervise(self) -> list[str]:
+        """Replace every thread that died (a SystemExit raised in it, say); a job it held
+        goes back to the queue at once (or fails, after ``max_job_attempts``). Called
+        every second by the process's main loop; returns the names replaced."""
+        replaced = []
+        for name, thread in list(self._threads.items()):
+            if thread.is_alive() or self.stopping.is_set():
+                continue
+            with self._jobs_lock:
+                job_id = self._holding.pop(name, None)
+            logger.error("thread %s died%s; starting a new one", name,
+                         f" holding job {job_id}" if job_id is not None else "")
+            if job_id is not None:
+                self._release(job_id, worker_id(name), "its worker thread died")
+            self.threads.remove(thread)
+            self._start_thread(name)
+            replaced.append(name)
+        return replaced
+
+    def _release(self, job_id: int, worker: str, why: str) -> None:
+        try:
+            release_job(self.db, job_id, worker, self.settings.max_job_attempts, why)
+        except sa.exc.SQLAlchemyError as exc:  # its lease expires; housekeeping re-queues it
+            logger.error("job %d: cannot re-queue it now (%s); its lease will expire", job_id,
+                         type(exc).__name__)
+        self.jobs_ready.notify()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
@@ -238,7 +280,8 @@ class Workers:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _guard(self, name: str, loop: object) -> None:
-        """Run a loop; a database outage pauses it rather than killing the thread."""
+        """Run a loop; a database outage pauses it, and anything else it raises (a native
+        library's BaseException included) restarts it, rather than killing the thread."""
         me = worker_id(name)
         while not self.stopping.is_set():
             try:
@@ -247,18 +290,33 @@ class Workers:
             except sa.exc.SQLAlchemyError as exc:
                 logger.error("%s: database error (%s); retrying in %.0f s", name,
                              str(exc).splitlines()[0], self.settings.poll_interval_s * 5)
-            except Exception:
-                logger.exception("%s: unexpected error; restarting the loop", name)
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive it
+                if is_fatal(exc):
+                    raise  # the thread ends; supervise() replaces it
+                logger.error("%s: unexpected error; restarting the loop", name,
+                             exc_info=(type(exc), exc, exc.__traceback__))
             self.stopping.wait(self.settings.poll_interval_s * 5)
 
     def _jobs(self, me: str) -> None:
+        name = threading.current_thread().name
         while not self.stopping.is_set():
             with self._jobs_lock:
                 self._jobs_in_hand += 1
             try:
                 job_id = claim_next_job(self.db, me, self.settings.job_lease_s)
                 if job_id is not None:
-                    self.runner.run(job_id, me)
+                    with self._jobs_lock:
+                        self._holding[name] = job_id
+                    try:
+                        self.runner.run(job_id, me)
+                    except BaseException as exc:
+                        if not is_fatal(exc):  # a fatal one: supervise() releases it
+                            with self._jobs_lock:
+                                self._holding.pop(name, None)
+                            self._release(job_id, me, f"its run raised {describe(exc)}")
+                        raise
+                    with self._jobs_lock:
+                        self._holding.pop(name, None)
             finally:
                 with self._jobs_lock:
                     self._jobs_in_hand -= 1

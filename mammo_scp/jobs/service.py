@@ -209,6 +209,24 @@ def recover_abandoned(db: Database, max_attempts: int) -> int:
     return recovered
 
 
+def release_job(db: Database, job_id: int, worker: str, max_attempts: int, why: str) -> bool:
+    """Give a running job back to the queue at once, because the worker thread that held it
+    died (or its run raised past the pipeline); it fails instead after ``max_attempts``
+    runs. False when ``worker`` no longer holds it."""
+    with db.session() as session:
+        job = lock_owned_job(session, job_id, worker)
+        if job is None:
+            return False
+        if job.attempts >= max_attempts:
+            job.error = f"abandoned {job.attempts} times: {why}"
+            transition(session, job, JobState.FAILED, f"{why}; out of attempts", worker)
+        else:
+            transition(session, job, JobState.QUEUED, f"{why}; re-queued", worker)
+        job.worker = None
+        job.lease_expires_at = None
+    return True
+
+
 def retry_job(db: Database, job_id: int) -> str:
     """What `jobs retry` does: re-queue a failed or finished job, or re-send dead deliveries."""
     with db.session() as session:
