@@ -2,7 +2,8 @@
 
 Only ``serve``, ``work``, ``preview`` and ``models`` load the models and TensorFlow: every
 other command imports what it uses inside its handler, so that ``jobs list`` answers in a
-fraction of a second. The commands that read a node's database (``jobs``, ``studies``,
+fraction of a second (it reads the database with the driver alone:
+:mod:`mammo_scp.jobs.report`). The commands that read a node's database (``jobs``, ``studies``,
 ``preview``) say on stderr which configuration and database they use, and refuse a database
 that does not exist instead of creating an empty one.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING, Any
 from mammo_scp import __version__
 from mammo_scp.config import (
     CONFIG_PATH_ENV,
+    SYSTEM_CONFIG,
     ConfigError,
     Settings,
     load_settings,
     locate_config,
     render_settings,
 )
+from mammo_scp.jobs.report import NoSchema, Reader, Unreachable, mask_password
 from mammo_scp.jobs.states import JobState
 from mammo_scp.models.cli import add_models_parser
 
 if TYPE_CHECKING:
     from mammo_scp.db import Database
-    from mammo_scp.jobs.models import Job
 
 
 class NodeNotFound(Exception):
@@ -50,29 +51,22 @@ def _database(settings: Settings) -> Database:
     return db
 
 
-def _existing_database(args: argparse.Namespace) -> tuple[Settings, Database]:
-    """The settings and the node's database, for commands that read (or retry) its jobs.
-
-    Says on stderr which configuration and database it uses; raises :class:`NodeNotFound`
-    naming where it looked when there is no node database there (it never creates one, nor
-    upgrades the schema: ``serve``, ``work`` and ``db upgrade`` do).
-    """
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    from mammo_scp.db import Database, DatabaseUnavailable
-
+def _node_database(args: argparse.Namespace) -> tuple[Settings, str, str]:
+    """The settings, the database URL, and how to point the command at the node, for the
+    commands that read (or retry) a node's jobs. Says on stderr which configuration and
+    database they use; raises :class:`NodeNotFound` naming where it looked when the
+    configuration names an SQLite file that does not exist (nothing is created)."""
     found = locate_config(getattr(args, "config", None))
     settings = load_settings(found.path)
-    url = make_url(settings.db_url)
-    shown = url.render_as_string(hide_password=True)
-    print(f"mammo-scp: configuration {found.describe()}; database {shown}", file=sys.stderr)
+    url = settings.db_url
+    print(f"mammo-scp: configuration {found.describe()}; database {mask_password(url)}",
+          file=sys.stderr)
     how = (f"point the command at the node's configuration with --config FILE or "
            f"{CONFIG_PATH_ENV}=FILE (the file 'mammo-scp serve' runs with), or install it as "
-           f"/etc/mammo-scp/node.toml")
-    if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "")
-        if not url.database or url.database == ":memory:" or not path.is_file():
+           f"{SYSTEM_CONFIG}")
+    if url.startswith("sqlite:"):
+        path = Path(url.partition("://")[2][1:])
+        if not path.is_file():
             relative = ("" if settings.data_dir.is_absolute() or settings.database_url else
                         f", data_dir {str(settings.data_dir)!r} taken from the current "
                         f"directory {Path.cwd()}")
@@ -80,20 +74,47 @@ def _existing_database(args: argparse.Namespace) -> tuple[Settings, Database]:
                 f"no node database at {path} (configuration: {found.describe()}{relative}); "
                 f"this command reads an existing node's database and does not create one: "
                 f"{how}")
-    db = Database(settings.db_url)
+    return settings, url, how
+
+
+def _no_schema(url: str, how: str, exc: Exception) -> NodeNotFound:
+    return NodeNotFound(f"the database {mask_password(url)} holds no mammo-scp tables ({exc}): "
+                        f"{how}; 'mammo-scp db upgrade' creates them for a new node")
+
+
+def _reader(args: argparse.Namespace) -> Reader:
+    """A read-only connection to the node's database, without SQLAlchemy (fast)."""
+    _, url, how = _node_database(args)
+    try:
+        return Reader(url)
+    except Unreachable as exc:
+        raise NodeNotFound(f"cannot open the database {mask_password(url)} ({exc}); "
+                           f"{how}") from exc
+    except NoSchema as exc:
+        raise _no_schema(url, how, exc) from exc
+
+
+def _existing_database(args: argparse.Namespace) -> tuple[Settings, Database]:
+    """The settings and the node's database (SQLAlchemy), for ``jobs retry`` and
+    ``preview``; never creates it nor upgrades its schema (``serve``, ``work`` and
+    ``db upgrade`` do)."""
+    import sqlalchemy as sa
+
+    from mammo_scp.db import Database, DatabaseUnavailable
+
+    settings, url, how = _node_database(args)
+    db = Database(url)
     try:
         db.ping()
         with db.engine.connect() as conn:
             conn.execute(sa.text("SELECT version_num FROM alembic_version"))
     except DatabaseUnavailable as exc:
         db.dispose()
-        raise NodeNotFound(f"cannot reach the database {shown} ({exc}); {how}") from exc
+        raise NodeNotFound(f"cannot reach the database {mask_password(url)} ({exc}); "
+                           f"{how}") from exc
     except sa.exc.SQLAlchemyError as exc:
         db.dispose()
-        raise NodeNotFound(
-            f"the database {shown} holds no mammo-scp tables (configuration: "
-            f"{found.describe()}): {how}; 'mammo-scp db upgrade' creates them for a new "
-            f"node") from exc
+        raise _no_schema(url, how, exc) from exc
     return settings, db
 
 
@@ -131,26 +152,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
-
-
-def _job_summary(job: Job) -> dict[str, Any]:
-    deliveries = Counter(d.state.value for d in job.deliveries)
-    return {
-        "id": job.id,
-        "study_uid": job.study.study_uid,
-        "state": job.state.value,
-        "trigger": job.trigger.value,
-        "instances": len(job.instances),
-        "attempts": job.attempts,
-        "deliveries": dict(deliveries),
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "error": job.error,
-    }
-
-
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     cells = [[str(row.get(c, "") if row.get(c) is not None else "-") for c in columns]
              for row in rows]
@@ -161,16 +162,11 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from mammo_scp.jobs.models import Job
-
-    _, db = _existing_database(args)
-    with db.read_session() as session:
-        query = sa.select(Job).order_by(Job.id)
-        if args.state:
-            query = query.where(Job.state == JobState(args.state))
-        rows = [_job_summary(job) for job in session.scalars(query)]
+    reader = _reader(args)
+    try:
+        rows = reader.jobs(JobState(args.state).value if args.state else None)
+    finally:
+        reader.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -182,36 +178,14 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    from mammo_scp.jobs.models import Job
-
-    _, db = _existing_database(args)
-    with db.read_session() as session:
-        job = session.get(Job, args.job_id)
-        if job is None:
-            print(f"error: no job with id {args.job_id}", file=sys.stderr)
-            return 1
-        detail = _job_summary(job)
-        detail["instances"] = [
-            {"sop_instance_uid": i.sop_instance_uid, "laterality": i.laterality,
-             "view": i.view, "status": i.status.value, "skip_reason": i.skip_reason}
-            for i in job.instances
-        ]
-        detail["timeline"] = [
-            {"at": _iso(e.at),
-             "change": f"{e.from_state or '-'} -> {e.to_state}" if e.to_state else None,
-             "stage": e.stage, "duration_ms": round(e.duration_ms, 1) if e.duration_ms else None,
-             "message": e.message, "worker": e.worker}
-            for e in job.events
-        ]
-        detail["results"] = [{"sop_instance_uid": r.sop_instance_uid, "kind": r.kind,
-                              "path": r.path} for r in job.results]
-        detail["deliveries"] = [
-            {"destination": d.destination, "object": d.result.sop_instance_uid,
-             "state": d.state.value, "attempts": d.attempts,
-             "next_attempt_at": _iso(d.next_attempt_at), "last_error": d.last_error,
-             "commitment": d.commitment.value if d.commitment else None}
-            for d in job.deliveries
-        ]
+    reader = _reader(args)
+    try:
+        detail = reader.job(args.job_id)
+    finally:
+        reader.close()
+    if detail is None:
+        print(f"error: no job with id {args.job_id}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
@@ -245,21 +219,11 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from mammo_scp.jobs.models import Study
-
-    _, db = _existing_database(args)
-    with db.read_session() as session:
-        rows = []
-        for study in session.scalars(sa.select(Study).order_by(Study.id)):
-            rows.append({
-                "study_uid": study.study_uid,
-                "instances": len(study.instances),
-                "jobs": ", ".join(f"{j.id}:{j.state.value}" for j in study.jobs) or None,
-                "last_received_at": _iso(study.last_received_at),
-                "waiting": sum(1 for i in study.instances if i.job_id is None),
-            })
+    reader = _reader(args)
+    try:
+        rows = reader.studies()
+    finally:
+        reader.close()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -111,8 +111,9 @@ def test_system_config_comes_after_option_and_variable(tmp_path: Path) -> None:
 
 def test_jobs_list_does_not_import_tensorflow(node_config: Path, tmp_path: Path) -> None:
     """The read commands answer fast because they import neither TensorFlow nor the DICOM
-    and migration libraries (timings: benchmarks/cli.py)."""
-    heavy = ["tensorflow", "keras", "pydicom", "pynetdicom", "highdicom", "alembic"]
+    and database libraries beyond the driver (timings: benchmarks/cli.py)."""
+    heavy = ["tensorflow", "keras", "pydicom", "pynetdicom", "highdicom", "alembic",
+             "sqlalchemy"]
     probe = (
         "import sys\n"
         "from mammo_scp.cli import main\n"
@@ -124,3 +125,77 @@ def test_jobs_list_does_not_import_tensorflow(node_config: Path, tmp_path: Path)
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "LOADED [] CODE 0" in done.stdout, done.stdout
+
+
+def test_the_reader_reports_what_the_orm_wrote(db) -> None:  # type: ignore[no-untyped-def]
+    """jobs list/show and studies list read the tables with the driver alone: the same
+    values as through the ORM, on SQLite and PostgreSQL."""
+    import sqlalchemy as sa
+
+    from mammo_scp.completion import queue_ready_studies
+    from mammo_scp.jobs.models import Delivery, Instance, Job, Result, Study, utcnow
+    from mammo_scp.jobs.report import Reader
+    from mammo_scp.jobs.service import transition
+    from mammo_scp.jobs.states import DeliveryState, JobState
+
+    now = utcnow()
+    with db.session() as session:
+        for n, views in enumerate([("RCC", "LCC", "RMLO", "LMLO"), ("RCC",)]):
+            study = Study(study_uid=f"1.2.826.0.9.{n}", first_received_at=now,
+                          last_received_at=now)
+            session.add(study)
+            session.flush()
+            for v, label in enumerate(views):
+                session.add(Instance(
+                    sop_instance_uid=f"1.2.826.0.9.{n}.{v}",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2", series_uid="1.2.826.0.9",
+                    study_id=study.id, transfer_syntax="1.2.840.10008.1.2.1",
+                    laterality=label[0], view=label[1:], path=f"x/{n}{v}.dcm", size_bytes=1,
+                    calling_ae="T", received_at=now))
+    (job_id,) = queue_ready_studies(db, quiet_period_s=30)
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        transition(session, job, JobState.RUNNING, "claimed", "w1")
+        transition(session, job, JobState.DELIVERING, "1 object(s) to 1 destination(s)")
+        result = Result(job_id=job_id, sop_instance_uid="1.2.826.0.9.99",
+                        sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4", kind="SEG",
+                        path="results/1/x.dcm")
+        session.add(result)
+        session.flush()
+        session.add(Delivery(job_id=job_id, result_id=result.id, destination="pacs",
+                             state=DeliveryState.PENDING, next_attempt_at=now,
+                             last_error="refused"))
+
+    reader = Reader(db.url)
+    try:
+        listed, shown, studies = reader.jobs(), reader.job(job_id), reader.studies()
+        assert reader.jobs("done") == [] and reader.job(job_id + 1) is None
+    finally:
+        reader.close()
+    with db.read_session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        stamp = job.updated_at.isoformat(timespec="seconds") + "Z"
+        events = [(e.from_state, e.to_state) for e in job.events]
+        waiting = session.scalar(sa.select(sa.func.count()).select_from(Instance)
+                                 .where(Instance.job_id.is_(None)))
+    assert listed == [{"id": job_id, "study_uid": "1.2.826.0.9.0", "state": "delivering",
+                       "trigger": "four_views", "instances": 4, "attempts": 0,
+                       "deliveries": {"pending": 1}, "created_at": listed[0]["created_at"],
+                       "updated_at": stamp, "error": None}]
+    assert shown is not None
+    assert [i["laterality"] + i["view"] for i in shown["instances"]] == ["RCC", "LCC", "RMLO",
+                                                                         "LMLO"]
+    assert [t["change"] for t in shown["timeline"]] == [
+        f"{a or '-'} -> {b}" for a, b in events]
+    assert shown["timeline"][-1]["change"] == "running -> delivering"
+    assert shown["results"] == [{"sop_instance_uid": "1.2.826.0.9.99", "kind": "SEG",
+                                 "path": "results/1/x.dcm"}]
+    assert shown["deliveries"] == [{"destination": "pacs", "object": "1.2.826.0.9.99",
+                                    "state": "pending", "attempts": 0,
+                                    "next_attempt_at": now.isoformat(timespec="seconds") + "Z",
+                                    "last_error": "refused", "commitment": None}]
+    assert [(s["study_uid"], s["instances"], s["waiting"], s["jobs"]) for s in studies] == [
+        ("1.2.826.0.9.0", 4, 0, f"{job_id}:delivering"), ("1.2.826.0.9.1", 1, 1, None)]
+    assert waiting == 1
