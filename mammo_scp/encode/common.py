@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from highdicom.sr import CodedConcept
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
@@ -181,6 +181,8 @@ def _valid_items(source: Dataset, depth: int) -> Dataset:
             continue
         try:
             element = source[tag]
+            if not _standard_vr(element):
+                raise ValueError(f"{element.keyword} has VR {element.VR}")
             if element.VR == VR.SQ:
                 if depth < 4:
                     items = [_valid_items(item, depth + 1) for item in element.value]
@@ -189,13 +191,19 @@ def _valid_items(source: Dataset, depth: int) -> Dataset:
             ok = _valid_value(element)
         except Exception:  # noqa: BLE001 - an element pydicom cannot even convert
             ok = False
-            element = None
-        keyword = element.keyword if element is not None else ""
-        if ok and element is not None:
+        keyword = keyword_for_tag(tag)
+        if ok:
             copy.add(deepcopy(element))
         elif keyword in TYPE_2_KEYWORDS and depth == 0:
             copy.add_new(tag, dictionary_VR(tag), None)
     return copy
+
+
+def _standard_vr(element: DataElement) -> bool:
+    """False for a standard attribute sent with another VR than the standard's."""
+    if element.tag.is_private or element.keyword == "":
+        return True
+    return str(element.VR) in dictionary_VR(element.tag).split(" or ")
 
 
 def _valid_value(element: DataElement) -> bool:
