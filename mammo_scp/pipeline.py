@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,22 @@ class InstanceRecord:
 
 @dataclass(frozen=True)
 class ResultObject:
-    """A DICOM object produced for the job (SEG, SR, ...)."""
+    """A DICOM object produced for the job (SEG, SR, ...), and its file's bytes when the
+    stage that made it wrote them already (so that a value that cannot be written fails
+    that stage's image, not the job)."""
 
     kind: str
     dataset: Dataset
+    data: bytes | None = None
+
+
+def file_bytes(dataset: Dataset) -> bytes:
+    """The DICOM file of a result object."""
+    from mammo_scp.encode import save_result
+
+    buffer = BytesIO()
+    save_result(dataset, buffer)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -180,29 +193,30 @@ def encode_stage(*, cad_sr: bool) -> Stage:
 
         if not ctx.analyses:
             return "nothing to encode"
-        segs: dict[str, Dataset] = {}
+        segs: dict[str, ResultObject] = {}
         for uid in list(ctx.analyses):
             try:
                 seg = build_seg(ctx.datasets[uid], ctx.analyses[uid])
+                if seg is not None:  # written here: a value that cannot be is this image's
+                    segs[uid] = ResultObject("SEG", seg, file_bytes(seg))
             except BaseException as exc:  # noqa: BLE001 - one image must not sink the study
                 if is_fatal(exc):
                     raise
                 ctx.skip(uid, f"its SEG cannot be encoded: {describe(exc)}")
-                continue
-            if seg is not None:
-                segs[uid] = seg
 
-        def report(uids: list[str]) -> Dataset:
-            return build_measurement_report([ctx.datasets[u] for u in uids],
-                                            [ctx.analyses[u] for u in uids],
-                                            [segs[u] for u in uids if u in segs])
+        def report(uids: list[str]) -> ResultObject:
+            sr = build_measurement_report([ctx.datasets[u] for u in uids],
+                                          [ctx.analyses[u] for u in uids],
+                                          [segs[u].dataset for u in uids if u in segs])
+            return ResultObject("SR", sr, file_bytes(sr))
 
-        def cad(uids: list[str]) -> Dataset:
-            return build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
+        def cad(uids: list[str]) -> ResultObject:
+            sr = build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
+            return ResultObject("CAD_SR", sr, file_bytes(sr))
 
         # No Measurement Report without findings: OHIF (3.13) fails to open one. The CAD SR,
         # when on, still says "succeeded without findings".
-        study_objects: list[tuple[str, Callable[[list[str]], Dataset]]] = []
+        study_objects: list[tuple[str, Callable[[list[str]], ResultObject]]] = []
         if has_findings(list(ctx.analyses.values())):
             study_objects.append(("SR", report))
         if cad_sr:
@@ -215,12 +229,11 @@ def encode_stage(*, cad_sr: bool) -> Stage:
             for kind, build in study_objects:
                 if kind == "SR" and not has_findings(list(ctx.analyses.values())):
                     continue
-                dataset = _study_object(ctx, kind, build)
-                if dataset is not None:
-                    built.append(ResultObject(kind, dataset))
+                made = _study_object(ctx, kind, build)
+                if made is not None:
+                    built.append(made)
         # SEGs of images skipped while the study objects were built are left out
-        ctx.results.extend(ResultObject("SEG", seg) for uid, seg in segs.items()
-                           if uid in ctx.analyses)
+        ctx.results.extend(seg for uid, seg in segs.items() if uid in ctx.analyses)
         ctx.results.extend(built)
         ctx.artifacts[FINDINGS_FILE] = json.dumps(
             [analysis_to_json(a) for a in ctx.analyses.values()], indent=1).encode()
@@ -232,7 +245,7 @@ def encode_stage(*, cad_sr: bool) -> Stage:
 
 
 def _study_object(ctx: JobContext, kind: str,
-                  build: Callable[[list[str]], Dataset]) -> Dataset | None:
+                  build: Callable[[list[str]], ResultObject]) -> ResultObject | None:
     """A study-level object of every analysed image. When that fails, the images are added
     one by one (those with findings first) and each that makes it fail is skipped with the
     reason; the object is then that of the others (None when no image is left)."""
@@ -243,19 +256,19 @@ def _study_object(ctx: JobContext, kind: str,
         if is_fatal(exc):
             raise
     kept: list[str] = []
-    dataset: Dataset | None = None
+    made: ResultObject | None = None
     for uid in sorted(uids, key=lambda u: not ctx.analyses[u].findings):
         if kind == "SR" and not any(ctx.analyses[u].findings for u in (*kept, uid)):
             continue  # a report needs a finding: left out, as a study without any has none
         try:
-            dataset = build([*kept, uid])
+            made = build([*kept, uid])
         except BaseException as exc:  # noqa: BLE001
             if is_fatal(exc):
                 raise
             ctx.skip(uid, f"its {kind} content cannot be encoded: {describe(exc)}")
             continue
         kept.append(uid)
-    return dataset
+    return made
 
 
 def analysis_to_json(analysis: ImageAnalysis) -> dict[str, Any]:

@@ -120,7 +120,10 @@ class JobRunner:
             path = self.spool.result_path(ctx.job_id, uid)
             tmp = path.with_suffix(".tmp")
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            save_result(ds, tmp)
+            if result.data is not None:  # written by the stage that made it
+                tmp.write_bytes(result.data)
+            else:
+                save_result(ds, tmp)
             self.spool.commit(tmp, path)
             written.append((uid, str(ds.SOPClassUID), result.kind, path))
         for name, content in ctx.artifacts.items():

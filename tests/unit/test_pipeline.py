@@ -194,3 +194,27 @@ def test_header_oddities_give_valid_results(tmp_path: Path,
         assert result.dataset.PatientID == study[0].PatientID
         if spoil is not _name_with_controls:
             assert result.dataset.PatientName == study[0].PatientName
+
+
+def test_a_result_that_cannot_be_written_skips_its_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SEG pydicom cannot write fails in the encode stage, for its image only (it used to
+    fail the whole job, later, when the worker wrote the results)."""
+    import mammo_scp.encode as encode
+
+    study = _study()
+    bad_uid = str(study[2].SOPInstanceUID)
+    real_build_seg = encode.build_seg
+
+    def build_seg(source: Dataset, analysis: object) -> Dataset | None:
+        seg = real_build_seg(source, analysis)  # type: ignore[arg-type]
+        if seg is not None and analysis.sop_instance_uid == bad_uid:  # type: ignore[attr-defined]
+            seg.add_new(0x00209161, "UI", 12345)  # an int where a UID string must be
+        return seg
+
+    monkeypatch.setattr(encode, "build_seg", build_seg)
+    ctx = _run(tmp_path, study)
+    assert list(ctx.skipped) == [bad_uid]
+    assert "its SEG cannot be encoded" in ctx.skipped[bad_uid]
+    assert [r.kind for r in ctx.results].count("SEG") == 3
+    assert all(r.data for r in ctx.results)
