@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import pickle
+import resource
 import select
 import struct
 import subprocess
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 DECODE_TIMEOUT_S = 60.0
 #: Decoder processes kept for reuse (one per worker thread decoding at the same time).
 MAX_IDLE = 4
+#: Address space a decoder process may use: the interpreter and decoders (~0.6 GB mapped)
+#: and the largest image the node accepts (max_image_pixels 120 M x 2 bytes) several times.
+MAX_DECODER_BYTES = 4 * 1024**3
 _PIXEL_DATA = Tag("PixelData")
 _LENGTH = struct.Struct("<Q")
 
@@ -206,7 +210,13 @@ DECODERS = DecoderPool()
 
 
 def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
-    """The decoder child: decode each request; answer the array, or a one-line reason."""
+    """The decoder child: decode each request; answer the array, or a one-line reason.
+
+    Its address space is capped (:data:`MAX_DECODER_BYTES`), so a codestream that claims a
+    gigantic image fails to allocate here instead of exhausting the host's memory.
+    """
+    with contextlib.suppress(ValueError, OSError):  # not Linux, or a lower hard limit
+        resource.setrlimit(resource.RLIMIT_AS, (MAX_DECODER_BYTES, MAX_DECODER_BYTES))
     while True:
         try:
             module = _read_message(requests)
