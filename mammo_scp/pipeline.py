@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -190,6 +191,7 @@ def encode_stage(*, cad_sr: bool) -> Stage:
             build_seg,
             has_findings,
         )
+        from mammo_scp.encode.common import study_identity
 
         if not ctx.analyses:
             return "nothing to encode"
@@ -214,6 +216,14 @@ def encode_stage(*, cad_sr: bool) -> Stage:
             sr = build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
             return ResultObject("CAD_SR", sr, file_bytes(sr))
 
+        # A study object is of one patient and study: images whose identity (as the results
+        # would copy it) differs from most of the study's are left out of everything.
+        identities = {uid: study_identity(ctx.datasets[uid]) for uid in ctx.analyses}
+        usual = Counter(identities.values()).most_common(1)[0][0]
+        for uid, identity in identities.items():
+            if identity != usual:
+                ctx.skip(uid, "its Study Instance UID, Patient ID or Patient Name differs from "
+                              "the study's other images")
         # No Measurement Report without findings: OHIF (3.13) fails to open one. The CAD SR,
         # when on, still says "succeeded without findings".
         study_objects: list[tuple[str, Callable[[list[str]], ResultObject]]] = []

@@ -112,7 +112,7 @@ def laterality_of(source: Dataset) -> Laterality:
 
 
 #: Attributes of type 2 in the Patient and General Study modules: when the source's value
-#: is not valid they are copied empty, not left out.
+#: is absent or not valid they are copied empty, not left out.
 TYPE_2_KEYWORDS = frozenset({
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
@@ -141,6 +141,8 @@ def valid_header(source: Dataset) -> Dataset:
     it is copied empty. Values the node cannot decode are left out too.
     """
     copy = _valid_items(source, depth=0)
+    for keyword in TYPE_2_KEYWORDS - set(copy.dir()):  # required, if empty: the encoders
+        copy.add_new(keyword, dictionary_VR(keyword), None)  # read them
     if hasattr(source, "file_meta"):
         copy.file_meta = source.file_meta
     terms = [str(t).strip() for t in _values(source.get("SpecificCharacterSet"))]
@@ -254,16 +256,33 @@ def view_label_of(source: Dataset) -> str:
     return code.meaning if code is not None else "?"
 
 
+#: View codes (CID 4014, SNOMED CT) of the View Positions the node knows, for images that
+#: carry a View Position but no (valid) View Code Sequence.
+VIEW_POSITION_CODES: dict[str, tuple[str, str]] = {
+    "CC": ("399162004", "cranio-caudal"),
+    "MLO": ("399368009", "medio-lateral oblique"),
+    "ML": ("399260004", "medio-lateral"),
+    "LM": ("399352003", "latero-medial"),
+}
+
+
 def view_code_of(source: Dataset) -> CodedConcept | None:
-    """The image's view (CID 4014) from ViewCodeSequence, or None when absent."""
+    """The image's view (CID 4014) from ViewCodeSequence, else from a View Position the
+    node knows (CC, MLO, ML, LM); None when neither says."""
     items = source.get("ViewCodeSequence")
-    if not items:
-        return None
-    item = items[0]
-    # Only the code itself: View Modifier Code Sequence belongs to the image, not to an
-    # SR content item.
-    return CodedConcept(value=item.CodeValue, scheme_designator=item.CodingSchemeDesignator,
-                        meaning=item.CodeMeaning)
+    if items:
+        item = items[0]
+        if item.get("CodeValue") and item.get("CodingSchemeDesignator") and \
+                item.get("CodeMeaning"):
+            # Only the code itself: View Modifier Code Sequence belongs to the image, not
+            # to an SR content item.
+            return CodedConcept(value=item.CodeValue,
+                                scheme_designator=item.CodingSchemeDesignator,
+                                meaning=item.CodeMeaning)
+    position = VIEW_POSITION_CODES.get(str(source.get("ViewPosition") or "").strip().upper())
+    if position is not None:
+        return CodedConcept(value=position[0], scheme_designator="SCT", meaning=position[1])
+    return None
 
 
 def image_label(source: Dataset) -> str:
@@ -284,6 +303,13 @@ def check_analysis(source: Dataset, analysis: ImageAnalysis) -> None:
             f"analysis mask has shape {analysis.mask.shape}, source image is {shape} "
             "(Rows, Columns); map the mask back to source pixels first"
         )
+
+
+def study_identity(source: Dataset) -> tuple[str, ...]:
+    """What must agree across the images of one study-level object, as the result objects
+    would copy it (:func:`valid_header`)."""
+    header = valid_header(source)
+    return tuple(str(header.get(keyword) or "") for keyword in STUDY_IDENTITY_KEYWORDS)
 
 
 def check_one_study(sources: Sequence[Dataset]) -> None:

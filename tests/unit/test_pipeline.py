@@ -218,3 +218,15 @@ def test_a_result_that_cannot_be_written_skips_its_image(
     assert "its SEG cannot be encoded" in ctx.skipped[bad_uid]
     assert [r.kind for r in ctx.results].count("SEG") == 3
     assert all(r.data for r in ctx.results)
+
+
+def test_an_image_of_another_identity_is_left_out_not_the_study(tmp_path: Path) -> None:
+    """An image whose Patient Name differs from the rest of its study (here the first one
+    analysed) is skipped; the study's objects are made of the other four."""
+    study = _study()
+    odd = make_mg("R", "CC", study_uid=str(study[0].StudyInstanceUID), instance_number=5)
+    odd.PatientName = "SOMEONE^ELSE"
+    ctx = _run(tmp_path, [odd, *study])
+    assert list(ctx.skipped) == [str(odd.SOPInstanceUID)]
+    assert "Patient Name differs" in ctx.skipped[str(odd.SOPInstanceUID)]
+    assert sorted(r.kind for r in ctx.results) == ["CAD_SR", "SEG", "SEG", "SEG", "SEG", "SR"]

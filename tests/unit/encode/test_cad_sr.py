@@ -217,8 +217,25 @@ def test_full_field_image(tmp_path: Path) -> None:
 def test_rejects_an_image_without_view() -> None:
     source = blank_mg("R", "CC", generate_uid(), 256, 208)
     del source.ViewCodeSequence
+    del source.ViewPosition
     with pytest.raises(ValueError, match="ViewCodeSequence"):
         build_cad_sr([source], [analysis_for(source)])
+
+
+def test_the_view_of_an_image_without_view_code_comes_from_its_view_position() -> None:
+    """Issue 25: an image with a View Position (MLO) but no View Code Sequence was dropped
+    from the study's objects when the CAD SR was on."""
+    source = blank_mg("R", "MLO", generate_uid(), 256, 208)
+    del source.ViewCodeSequence
+    sr = build_cad_sr([source], [analysis_for(source)])
+    found: list[str] = []
+    items = [sr]
+    while items:
+        item = items.pop()
+        if "ConceptCodeSequence" in item:
+            found.append(str(item.ConceptCodeSequence[0].CodeValue))
+        items.extend(item.get("ContentSequence", []))
+    assert "399368009" in found  # medio-lateral oblique (SNOMED CT)
 
 
 def test_non_ascii_patient_name_survives(tmp_path: Path) -> None:
