@@ -32,9 +32,11 @@ def main() -> int:
             [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
              "tests/integration/test_fuzz_pixels.py"], cwd=REPO, env=env,
             capture_output=True, text=True, check=False)
-        summary = [line for line in done.stdout.splitlines() if line.startswith("fuzz corpus")]
+        lines = done.stdout.splitlines()
+        summary = [line for line in lines if line.startswith("fuzz corpus")]
+        why = [line for line in lines if line.startswith("E ")][:30]
         print(f"seed {seed}: {'passed' if done.returncode == 0 else 'FAILED'}; "
-              + (summary[0] if summary else done.stdout[-3000:]))
+              + (summary[0] if summary else "\n".join(why) or done.stdout[-3000:]))
         failed += done.returncode != 0
     return 1 if failed else 0
 
