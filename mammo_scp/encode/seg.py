@@ -131,8 +131,9 @@ def _pixel_measures(source: Dataset, seg: Dataset) -> None:
         return
     measures = Dataset()
     measures.PixelSpacing = [float(v) for v in spacing]
-    if source.get("BodyPartThickness"):
-        measures.SliceThickness = float(source.BodyPartThickness)
+    thickness = source.get("BodyPartThickness")
+    if thickness is not None and thickness != "" and float(thickness) > 0:
+        measures.SliceThickness = float(thickness)
     orientation = Dataset()
     orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     for shared in seg.SharedFunctionalGroupsSequence:
@@ -172,7 +173,7 @@ def build_seg(source: Dataset, analysis: ImageAnalysis) -> Dataset | None:
         series_instance_uid=seg_series_uid(source, analysis),
         series_number=int(SeriesNumber.SEG),
         sop_instance_uid=instance_uid,
-        instance_number=int(source.get("InstanceNumber") or 1),
+        instance_number=max(1, int(source.get("InstanceNumber") or 1)),  # positive, as PS3.3 wants
         manufacturer=MANUFACTURER,
         manufacturer_model_name=analysis.segmenter.name,
         software_versions=[SOFTWARE_VERSION, analysis.segmenter.version],  # type: ignore[arg-type]  # a list: pydicom rejects tuples for multi-valued LO

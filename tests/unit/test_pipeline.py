@@ -164,7 +164,13 @@ def _pixel_spacing_zero(ds: Dataset) -> None:
     ds.PixelSpacing = [0, 0]
 
 
+def _negative_numbers(ds: Dataset) -> None:
+    ds.InstanceNumber = -5
+    ds.BodyPartThickness = -3
+
+
 HEADER_ODDITIES = [
+    ("negative InstanceNumber and BodyPartThickness", _negative_numbers),
     ("no ImagerPixelSpacing nor PixelSpacing", _no_spacing),
     ("no PatientOrientation", _no_orientation),
     ("SpecificCharacterSet ISO_IR 999", _charset_999),
