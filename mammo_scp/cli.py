@@ -29,7 +29,7 @@ from mammo_scp.config import (
 )
 from mammo_scp.jobs.report import NoSchema, Reader, Unreachable, mask_password
 from mammo_scp.jobs.states import JobState
-from mammo_scp.models.cli import add_models_parser
+from mammo_scp.training.cli import add_models_parser
 
 if TYPE_CHECKING:
     from mammo_scp.db import Database

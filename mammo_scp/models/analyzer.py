@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from mammo_scp.models.fold import fold_batch_norm
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, box_iou_np
-from mammo_scp.models.store import ModelBundle, load_model
-from mammo_scp.models.unet import UNetConfig, build_unet
+from mammo_scp.models.store import ModelBundle, ModelStoreError, load_model
+from mammo_scp.models.unet import UNetConfig, build_decoder, build_unet
 from mammo_scp.preprocess import (
     FlipMode,
     Preprocessed,
@@ -181,6 +181,25 @@ def fuse_detections(members: list[Detections], iou: float = FUSION_IOU) -> Detec
     return Detections(boxes, scores[order], p_mal[order])
 
 
+def check_pairing(unet: ModelBundle, frcnn: ModelBundle) -> None:
+    """A segmenter that decodes the detector's backbone runs only with that very detector
+    (the one its manifest names, by sha256), one network each, at one pixel spacing."""
+    wanted = unet.manifest["architecture"].get("encoder") or {}
+    found = frcnn.manifest["weights"]["sha256"]
+    if wanted.get("sha256") != found:
+        raise ModelStoreError(
+            f"{unet.name} {unet.version} decodes the backbone of frcnn "
+            f"{wanted.get('version', '?')} (sha256 {str(wanted.get('sha256'))[:12]}...), but "
+            f"the detector found is frcnn {frcnn.version} (sha256 {found[:12]}...): ship the "
+            "two together")
+    if len(unet.members) != 1 or len(frcnn.members) != 1:
+        raise ModelStoreError(f"{unet.name} {unet.version} shares the detector's backbone: "
+                              "both must be single networks")
+    if unet.spacing_mm != frcnn.spacing_mm or unet.thresholds.get("tta_vflip"):
+        raise ModelStoreError(f"{unet.name} {unet.version} shares the detector's backbone: "
+                              "it must take the detector's pixel spacing, without a mirror")
+
+
 class Analyzer:
     """Both shipped models, ready to analyse images; safe to call from several threads."""
 
@@ -192,12 +211,17 @@ class Analyzer:
         policy = keras.DTypePolicy(PRECISIONS[self.precision])
         # Each member network in its inference form: batch normalisation folded into the
         # convolutions (mammo_scp.models.fold), from the trained form in float32.
-        unet_config = UNetConfig(**unet.config)
+        unet_config = UNetConfig.from_dict(unet.config)
+        #: the segmenter is a decoder on the detector's backbone: one pass serves both
+        self.shared_backbone = unet_config.encoder == "detector"
+        if self.shared_backbone:
+            check_pairing(unet, frcnn)
+        build = build_decoder if self.shared_backbone else build_unet
         self.unets = []
         for weights in unet.members:
-            trained_unet = build_unet(unet_config)
+            trained_unet = build(unet_config)
             trained_unet.set_weights(weights)
-            folded = build_unet(unet_config, dtype=policy, fold_bn=True)
+            folded = build(unet_config, dtype=policy, fold_bn=True)
             fold_batch_norm(trained_unet, folded)
             self.unets.append(folded)
         detector_config = FRCNNConfig.from_dict(frcnn.config)
@@ -221,7 +245,14 @@ class Analyzer:
         # same in fp32, on 2 cores of an AMD EPYC, 2026-12-04)
         self._unet_fns = [tf.function(lambda x, net=net: net(x, training=False),
                                       input_signature=[tf.TensorSpec([None, None, None, 1])])
-                          for net in self.unets]
+                          for net in self.unets if not self.shared_backbone]
+        if self.shared_backbone:
+            detector, decoder = self.detectors[0], self.unets[0]
+            self._taps_fn = tf.function(detector.backbone_with_taps(),
+                                        input_signature=[tf.TensorSpec([1, None, None, 1])])
+            self._decoder_fn = tf.function(lambda taps: decoder(taps, training=False))
+            self._detect_from_fn = tf.function(
+                lambda f, lg, d, hw: detector.detect_from(f, lg, d, hw)[0])
         self.segmenter_info = ModelInfo(unet.name, unet.version)
         self.detector_info = ModelInfo(frcnn.name, frcnn.version)
 
@@ -235,7 +266,9 @@ class Analyzer:
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """U-Net probability map (H, W) for a model-space image: the mean of the members'
-        maps (each mirror-averaged if so set)."""
+        maps (each mirror-averaged if so set); with a shared backbone, its decoder's map."""
+        if self.shared_backbone:
+            return self.segment_and_detect(image)[0]
         views = image[None, :, :, None]
         if self.mask_tta:
             views = np.concatenate([views, views[:, ::-1]], axis=0)
@@ -260,6 +293,31 @@ class Analyzer:
                                         np.asarray(scores, np.float64).reshape(-1),
                                         np.asarray(p_mal, np.float64).reshape(-1)))
         return found[0] if len(found) == 1 else fuse_detections(found, self.fusion_iou)
+
+    def segment_and_detect(self, image: np.ndarray) -> tuple[np.ndarray, Detections,
+                                                            dict[str, float]]:
+        """Both models on a model-space image: with a shared backbone in one backbone pass
+        (its time counted as the detector's, the decoder's as the segmenter's), else
+        :meth:`segment` then :meth:`detect`. Returns the map, the detections and the times."""
+        t0 = time.perf_counter()
+        if not self.shared_backbone:
+            prob = self.segment(image)
+            t1 = time.perf_counter()
+            det = self.detect(image)
+            return prob, det, {"unet": (t1 - t0) * 1e3,
+                               "frcnn": (time.perf_counter() - t1) * 1e3}
+        x = tf.constant(image[None, :, :, None], tf.float32)
+        with self._lock:
+            outputs = self._taps_fn(x)
+            t1 = time.perf_counter()
+            boxes, scores, p_mal = self._detect_from_fn(*outputs[:3], tf.shape(x)[1:3])
+            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+            t2 = time.perf_counter()
+            prob = np.asarray(self._decoder_fn(list(outputs[3:])), np.float32)[0, :, :, 0]
+            t3 = time.perf_counter()
+        det = Detections(boxes, np.asarray(scores, np.float64).reshape(-1),
+                         np.asarray(p_mal, np.float64).reshape(-1))
+        return prob, det, {"unet": (t3 - t2) * 1e3, "frcnn": (t2 - t0) * 1e3}
 
     # -- whole images ---------------------------------------------------------------------------
 
@@ -293,9 +351,13 @@ class Analyzer:
              score_threshold: float | None) -> ImageAnalysis:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         t1 = time.perf_counter()
-        prob = self.segment(pre.image)
-        t2 = time.perf_counter()
-        det = self.detect(pre_det.image)
+        if pre_det is pre:
+            prob, det, model_ms = self.segment_and_detect(pre.image)
+        else:
+            prob = self.segment(pre.image)
+            t2 = time.perf_counter()
+            det = self.detect(pre_det.image)
+            model_ms = {"unet": (t2 - t1) * 1e3, "frcnn": (time.perf_counter() - t2) * 1e3}
         t3 = time.perf_counter()
         reported = det.boxes[det.scores >= self.score_threshold]
         if pre_det is not pre:  # detector boxes into the U-Net's model space, via source pixels
@@ -319,9 +381,8 @@ class Analyzer:
                                     float(np.clip(score, 0, 1)), float(np.clip(p_mal, 0, 1))))
         findings.sort(key=lambda f: -f.score)
         t4 = time.perf_counter()
-        timings = {"preprocess": (t1 - t0) * 1e3, "unet": (t2 - t1) * 1e3,
-                   "frcnn": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3,
-                   "total": (t4 - t0) * 1e3}
+        timings = {"preprocess": (t1 - t0) * 1e3, **model_ms,
+                   "postprocess": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
         logger.debug("analysed %s: %d findings in %.0f ms", sop_uid, len(findings),
                      timings["total"])
         return ImageAnalysis(sop_instance_uid=sop_uid, mask=mask, findings=tuple(findings),
@@ -329,4 +390,5 @@ class Analyzer:
                              timings_ms=timings)
 
 
-__all__ = ["Analyzer", "Detections", "breast_box", "fuse_detections", "postprocess_mask"]
+__all__ = ["Analyzer", "Detections", "breast_box", "check_pairing", "fuse_detections",
+           "postprocess_mask"]

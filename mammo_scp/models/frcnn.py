@@ -53,7 +53,7 @@ class FRCNNConfig:
     bn_momentum: float = 0.99
     # the ImageNet ResNet50 layout (keras.applications, seed 000's "ResNet extractor"):
     # stride on each stage's first 1x1 convolution, input scaled to 0-255 (the ImageNet mean
-    # is folded into the stem), see mammo_scp.models.backbone
+    # is folded into the stem), see mammo_scp.training.backbone
     stride_in_1x1: bool = False
     input_scale: tuple[float, float] = (2.0, -1.0)  # [0, 1] -> x * scale + offset
     head_reduce: int = 0  # 1x1 convolution to this many channels before the box head (0: none)

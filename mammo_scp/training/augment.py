@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mammo_scp.models.data import UNKNOWN
+from mammo_scp.training.data import UNKNOWN
 
 
 @dataclass(frozen=True)

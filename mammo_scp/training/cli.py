@@ -125,7 +125,7 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     ev.add_argument("--look", choices=["film", "digital"], default="film",
                     help="digital: render each film as a full-field digital mammogram first "
                          "(thickness equalised, sigmoid LUT, noise, 12 bits; "
-                         "mammo_scp.models.looks)")
+                         "mammo_scp.training.looks)")
     ev.add_argument("--update-manifests", action="store_true",
                     help="write the figures into both manifests as validation metrics")
     ev.set_defaults(func=_evaluate)
@@ -133,7 +133,7 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _backbone(args: argparse.Namespace) -> int:
-    from mammo_scp.models.backbone import (
+    from mammo_scp.training.backbone import (
         RESNET50_NPM_INTEGRITY,
         BackboneImportError,
         import_npm_resnet50,
@@ -159,7 +159,7 @@ def imagenet_detector_config(model: dict[str, Any]) -> dict[str, Any]:
     """The detector's settings for ImageNet ResNet50 weights: full width, the keras.applications
     layout, a wider RPN, a 1x1 reduction before the box head (the 1024 C4 channels would make
     its first dense layer 50k wide), stem and stage 2 and every batch norm frozen."""
-    from mammo_scp.models.backbone import IMAGENET_GREY_OFFSET
+    from mammo_scp.training.backbone import IMAGENET_GREY_OFFSET
 
     return {**model, "width": 64, "stride_in_1x1": True,
             "input_scale": [255.0, IMAGENET_GREY_OFFSET], "rpn_channels": 256,
@@ -167,8 +167,8 @@ def imagenet_detector_config(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mammo_scp.models.recipe import TrainConfig
-    from mammo_scp.models.train import train
+    from mammo_scp.training.recipe import TrainConfig
+    from mammo_scp.training.train import train
 
     defaults = DEFAULT_MODEL_ARGS[args.kind]
     model = dict(defaults["model"])
@@ -231,8 +231,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mammo_scp.models.data import load_records, split_by_woman
     from mammo_scp.models.store import save_model
+    from mammo_scp.training.data import load_records, split_by_woman
 
     sources = [_source(args.kind, run, args.weights) for run in args.run]
     tcfg, mcfg = sources[0].train, sources[0].model
@@ -318,8 +318,8 @@ class _Source:
 def _source(kind: str, run: Path, weights: str) -> _Source:
     """A run folder written by ``train`` (its best or last weights), or a shipped model
     folder (all its members, as shipped, with the training record its manifest holds)."""
-    from mammo_scp.models.recipe import load_npz
     from mammo_scp.models.store import MANIFEST, load_model_folder
+    from mammo_scp.training.recipe import load_npz
 
     if (run / MANIFEST).is_file():
         bundle = load_model_folder(run)
@@ -361,7 +361,7 @@ def _thresholds(kind: str, pairs: list[str]) -> dict[str, Any]:
 def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
     """The ``mammo-scp models train`` line that reproduces a run (or the command line of
     another trainer, ``fit_unet``, which records its own)."""
-    from mammo_scp.models.augment import DEFAULT_SCALE
+    from mammo_scp.training.augment import DEFAULT_SCALE
 
     if tcfg.get("command"):
         return str(tcfg["command"])
@@ -472,7 +472,7 @@ def _why(kind: str, cfg: dict[str, Any], tcfg: dict[str, Any]) -> str:
 
 def _mine(args: argparse.Namespace) -> int:
     from mammo_scp.models.store import ModelStoreError, load_model_folder
-    from mammo_scp.models.train import mine_hard_negatives
+    from mammo_scp.training.train import mine_hard_negatives
 
     try:
         bundle = load_model_folder(args.model)
@@ -492,9 +492,9 @@ def _mine(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mammo_scp.models.analyzer import Analyzer
-    from mammo_scp.models.data import load_records
-    from mammo_scp.models.evaluate import evaluate
     from mammo_scp.models.store import update_manifest
+    from mammo_scp.training.data import load_records
+    from mammo_scp.training.evaluate import evaluate
 
     analyzer = Analyzer.load(args.models, args.precision)
     records = load_records(args.data)
@@ -527,7 +527,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m mammo_scp.models.cli models ...``)."""
+    """Standalone entry (``python -m mammo_scp.training.cli models ...``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="mammo-scp")
     add_models_parser(parser.add_subparsers(dest="command", required=True))

@@ -212,13 +212,13 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     """Run the analyzer on every record (mini-MIAS layout) and compute all figures.
 
     ``look="digital"``: each image rendered as a full-field digital mammogram first
-    (:func:`mammo_scp.models.looks.digital_look`, its settings drawn with the seed of the
+    (:func:`mammo_scp.training.looks.digital_look`, its settings drawn with the seed of the
     image's place in ``records``), the same truth.
     """
     import time
 
-    from mammo_scp.models.data import read_source, truth_mask
-    from mammo_scp.models.looks import digital_look
+    from mammo_scp.training.data import read_source, truth_mask
+    from mammo_scp.training.looks import digital_look
 
     if look not in ("film", "digital"):
         raise ValueError(f"look must be 'film' or 'digital', got {look!r}")

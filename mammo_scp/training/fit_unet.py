@@ -8,9 +8,9 @@ writes a run folder that ``mammo-scp models export --run`` takes like any other.
 
 Two steps, so the training images need not travel:
 
-    python -m mammo_scp.models.fit_unet pack --data ../shared/data/mias-train --spacing 0.4 \\
+    python -m mammo_scp.training.fit_unet pack --data ../shared/data/mias-train --spacing 0.4 \\
         --out pack.npz          # here: the training split, preprocessed, in one file
-    KERAS_BACKEND=jax python -m mammo_scp.models.fit_unet fit --pack pack.npz --out RUN ...
+    KERAS_BACKEND=jax python -m mammo_scp.training.fit_unet fit --pack pack.npz --out RUN ...
 
 The weight average (``--ema``) is Keras' own (``use_ema`` of the optimizer): it is written
 into the weights when training ends. There is no validation during training; the validation
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from mammo_scp.models import augment as aug
-from mammo_scp.models.recipe import (
+from mammo_scp.training import augment as aug
+from mammo_scp.training.recipe import (
     TrainConfig,
     TrainState,
     Triple,
@@ -61,7 +61,7 @@ Task = tuple[int, int, list[int], TrainConfig]  # epoch, step, sample indices, s
 def pack(data: Path, spacing_mm: float, out: Path, val_fraction: float = 0.25,
          split_seed: int = 0) -> int:
     """Preprocess the training split of ``data`` at ``spacing_mm`` into one ``.npz``."""
-    from mammo_scp.models.data import load_records, load_samples, split_by_woman
+    from mammo_scp.training.data import load_records, load_samples, split_by_woman
 
     records = load_records(data)
     train_recs, _ = split_by_woman(records, val_fraction, split_seed)
@@ -154,7 +154,7 @@ def fit(args: argparse.Namespace) -> Path:
         init_weights=str(args.init) if args.init else None, ema=args.ema,
         model={"width": args.width, "depth": args.depth})
     command = " ".join(shlex.quote(a) for a in
-                       ["python", "-m", "mammo_scp.models.fit_unet", *args.argv])
+                       ["python", "-m", "mammo_scp.training.fit_unet", *args.argv])
     keras.utils.set_random_seed(args.seed)
     ucfg = UNetConfig(width=args.width, depth=args.depth)
     model = build_unet(ucfg)
@@ -199,7 +199,7 @@ def fit(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m mammo_scp.models.fit_unet",
+    parser = argparse.ArgumentParser(prog="python -m mammo_scp.training.fit_unet",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("pack", help="preprocess a training split into one .npz")

@@ -1,6 +1,6 @@
 """The training recipe both trainers share, with no TensorFlow in it.
 
-``models train`` (:mod:`mammo_scp.models.train`, TensorFlow) and ``fit_unet`` (any Keras
+``models train`` (:mod:`mammo_scp.training.train`, TensorFlow) and ``fit_unet`` (any Keras
 backend, on a machine that may have no TensorFlow) take their settings, the order of each
 epoch's images, their augmented examples and their weight files from here, so the two cannot
 drift apart.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mammo_scp.models import augment as aug
+from mammo_scp.training import augment as aug
 
 if TYPE_CHECKING:
     import keras

@@ -27,10 +27,18 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from mammo_scp.models import augment as aug
-from mammo_scp.models.data import Sample, load_records, load_samples, split_by_woman
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
-from mammo_scp.models.recipe import (
+from mammo_scp.models.store import ModelBundle
+from mammo_scp.models.unet import (
+    UNetConfig,
+    build_decoder,
+    build_unet,
+    dice_coefficient,
+    segmentation_loss,
+)
+from mammo_scp.training import augment as aug
+from mammo_scp.training.data import Sample, load_records, load_samples, split_by_woman
+from mammo_scp.training.recipe import (
     TrainConfig,
     TrainState,
     Triple,
@@ -42,15 +50,7 @@ from mammo_scp.models.recipe import (
     save_npz,
     write_config,
 )
-from mammo_scp.models.recipe import optimizer as recipe_optimizer
-from mammo_scp.models.store import ModelBundle
-from mammo_scp.models.unet import (
-    UNetConfig,
-    build_decoder,
-    build_unet,
-    dice_coefficient,
-    segmentation_loss,
-)
+from mammo_scp.training.recipe import optimizer as recipe_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def hard_negative_masks(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarra
 
 def frcnn_val_sensitivity(net: FasterRCNN, val: list[Sample], fp_rate: float = 1.0) -> float:
     """Model-space FROC sensitivity at ``fp_rate`` false positives per image."""
-    from mammo_scp.models.evaluate import froc_points
+    from mammo_scp.training.evaluate import froc_points
 
     per_image = []
     for s in val:
@@ -399,7 +399,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     frc = FRCNNConfig.from_dict(cfg.model)
     net = FasterRCNN(frc)
     if cfg.backbone_weights:
-        from mammo_scp.models.backbone import init_detector_backbone, load_backbone
+        from mammo_scp.training.backbone import init_detector_backbone, load_backbone
 
         n = init_detector_backbone(net.backbone, load_backbone(Path(cfg.backbone_weights)),
                                    frc.input_scale[1])

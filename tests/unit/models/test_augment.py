@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mammo_scp.models.augment import (
+from mammo_scp.training.augment import (
     Example,
     augment,
     boxes_from_masks,
     cut_mass_patches,
     random_crop,
 )
-from mammo_scp.models.data import BENIGN, UNKNOWN
+from mammo_scp.training.data import BENIGN, UNKNOWN
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mammo_scp.models.backbone import (
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
+from mammo_scp.training.backbone import (
     CAFFE_MEAN_BGR,
     IMAGENET_GREY_OFFSET,
     BackboneImportError,
@@ -25,7 +26,6 @@ from mammo_scp.models.backbone import (
     save_backbone,
     sri_digest,
 )
-from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
 from tests.unit.models.conftest import synthetic_batch
 
 WIDTH = 8  # ResNet50's layers at 1/8 of its width: every name, tiny arrays
@@ -151,7 +151,7 @@ def test_a_package_missing_a_weight_is_refused_naming_the_layer(tmp_path):
 
 
 def test_cli_refuses_a_tampered_package_and_writes_a_good_one(tmp_path, capsys):
-    from mammo_scp.models.cli import main
+    from mammo_scp.training.cli import main
 
     good, _ = build_package(tmp_path, np.random.default_rng(0))
     pinned = sri_digest(good.read_bytes())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from mammo_scp.models.cli import add_models_parser
-from mammo_scp.models.recipe import load_init_weights, load_npz
 from mammo_scp.models.store import ModelStoreError, load_model
+from mammo_scp.training.cli import add_models_parser
+from mammo_scp.training.recipe import load_init_weights, load_npz
 from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
 
 
@@ -185,7 +185,7 @@ def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
 
 def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
         dicom_folder, tmp_path):
-    from mammo_scp.models import fit_unet
+    from mammo_scp.training import fit_unet
 
     pack = tmp_path / "pack.npz"
     assert fit_unet.main(["pack", "--data", str(dicom_folder), "--spacing", "0.8",
@@ -203,7 +203,7 @@ def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
     bundle = load_model(models, "unet")
     assert bundle.manifest["architecture"]["config"]["depth"] == 2
     assert bundle.manifest["training"]["command"].startswith(
-        "python -m mammo_scp.models.fit_unet fit --pack")
+        "python -m mammo_scp.training.fit_unet fit --pack")
     assert all(np.allclose(x, y, atol=1e-2, rtol=1e-2)
                for x, y in zip(bundle.weights, load_npz(run / "last.npz"), strict=True))
     assert bundle.manifest["architecture"]["framework"] == "keras 3 / tensorflow"
@@ -227,7 +227,7 @@ def test_a_keras_fit_run_trains_from_a_pack_and_exports_with_its_own_command(
 
 def test_hard_negatives_are_mined_on_training_women_and_steer_the_detector(
         dicom_folder, tmp_path, capsys):
-    from mammo_scp.models.data import load_records, split_by_woman
+    from mammo_scp.training.data import load_records, split_by_woman
 
     common = ["--data", str(dicom_folder), "--seed", "2", "--width", "4", "--batch", "4",
               "--epochs", "1", "--crop", "96", "96"]

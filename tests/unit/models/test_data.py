@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from mammo_scp.models.data import (
+from mammo_scp.training.data import (
     BENIGN,
     MALIGNANT,
     load_mias,

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mammo_scp.models.data import load_records, truth_mask
-from mammo_scp.models.evaluate import (
+from mammo_scp.training.data import load_records, truth_mask
+from mammo_scp.training.evaluate import (
     bootstrap_by_woman,
     dice_iou,
     evaluate,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo_scp.models import fit_unet
-from mammo_scp.models.recipe import TrainConfig
+from mammo_scp.training import fit_unet
+from mammo_scp.training.recipe import TrainConfig
 
 
 def _tiny_pack(path: Path, n: int = 4) -> Path:

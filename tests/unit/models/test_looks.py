@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mammo_scp.models.looks import breast_mask, digital_look
+from mammo_scp.training.looks import breast_mask, digital_look
 
 
 def test_a_mias_film_rendered_digital(mias_dir):

@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-from mammo_scp.models.data import BENIGN
-from mammo_scp.models.recipe import TrainConfig, epoch_order, load_npz, make_examples, save_npz
+from mammo_scp.training.data import BENIGN
+from mammo_scp.training.recipe import TrainConfig, epoch_order, load_npz, make_examples, save_npz
 
 
 def _cfg(**kw: object) -> TrainConfig:

@@ -18,7 +18,7 @@ from mammo_scp.models.analyzer import Analyzer
 from mammo_scp.models.fold import fold_batch_norm
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
 from mammo_scp.models.store import INTENDED_USE, MODEL_NAMES, ModelStoreError, load_model
-from mammo_scp.models.unet import UNetConfig, build_unet
+from mammo_scp.models.unet import UNetConfig, build_decoder, build_unet
 from mammo_scp.pipeline import image_problem
 from mammo_scp.preprocess import preprocess_array
 from mammo_scp.results import ImageAnalysis
@@ -95,6 +95,12 @@ def test_the_segmenter_averages_every_member_over_the_image_and_its_mirror(analy
                                                                            mass_image):
     pixels, _ = mass_image
     image = preprocess_array(pixels, 0.2, model_spacing_mm=analyzer.spacing_mm).image
+    if analyzer.shared_backbone:  # one network: the decoder on the detector's backbone
+        taps = analyzer.detector.backbone_with_taps()(image[None, :, :, None], training=False)
+        want = analyzer.unet(taps[3:], training=False).numpy()[0, :, :, 0]
+        assert len(analyzer.unets) == 1 and not analyzer.mask_tta
+        assert np.allclose(analyzer.segment(image), want, atol=1e-5)
+        return
     assert analyzer.mask_tta == bool(analyzer.unet_bundle.thresholds.get("tta_vflip", 0))
     maps = []
     for net in analyzer.unets:
@@ -138,10 +144,11 @@ def test_bf16_weights_are_held_in_bfloat16_with_the_same_outputs(models_dir, mas
             assert all(str(w.dtype) == held for w in layer.weights), layer.name
         assert sum(str(w.dtype) == "bfloat16" for w in model.weights) > 0
     mixed = keras.DTypePolicy("mixed_bfloat16")
-    unet_config = UNetConfig(**bf16.unet_bundle.config)
-    trained_unet = build_unet(unet_config, dtype=mixed)
+    unet_config = UNetConfig.from_dict(bf16.unet_bundle.config)
+    build = build_decoder if bf16.shared_backbone else build_unet
+    trained_unet = build(unet_config, dtype=mixed)
     trained_unet.set_weights(bf16.unet_bundle.weights)
-    unet = build_unet(unet_config, dtype=mixed, fold_bn=True)
+    unet = build(unet_config, dtype=mixed, fold_bn=True)
     fold_batch_norm(trained_unet, unet)
     trained = FasterRCNN(FRCNNConfig.from_dict(bf16.frcnn_bundle.config), dtype=mixed)
     trained.set_weights(bf16.frcnn_bundle.weights)
@@ -150,9 +157,16 @@ def test_bf16_weights_are_held_in_bfloat16_with_the_same_outputs(models_dir, mas
     pixels, _ = mass_image
     image = preprocess_array(pixels, 0.2, model_spacing_mm=bf16.spacing_mm).image
     x = tf.constant(image[None, :, :, None])
-    want = unet(x, training=False).numpy()
+    if bf16.shared_backbone:  # the decoder reads the (bf16) backbone's taps
+        seg_in = detector.backbone_with_taps()(x, training=False)[3:]
+        got = bf16.unet(bf16.detector.backbone_with_taps()(x, training=False)[3:],
+                        training=False).numpy()
+    else:
+        seg_in = x
+        got = bf16.unet(x, training=False).numpy()
+    want = unet(seg_in, training=False).numpy()
     assert want.max() > 0.5  # the mass is there to compare
-    assert np.array_equal(bf16.unet(x, training=False).numpy(), want)
+    assert np.array_equal(got, want)
     found, expected = bf16.detector.detect_one(x), detector.detect_one(x)
     assert expected[0].shape[0] > 0
     for got, wanted in zip(found, expected, strict=True):
