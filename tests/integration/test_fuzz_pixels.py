@@ -57,7 +57,7 @@ class Node:
             "poll_interval_s": 0.2, "min_free_mb": 1, "http_port": 0, "workers": 1,
             "min_image_side": 32, "cad_sr": True})
         self.stop = threading.Event()
-        pipeline = default_pipeline(StubAnalyzer(), cad_sr=True)  # type: ignore[arg-type]
+        pipeline = default_pipeline(StubAnalyzer(), cad_sr=True)
         self.thread = threading.Thread(target=run, args=(self.settings,), daemon=True,
                                        kwargs={"with_scp": True, "pipeline": pipeline,
                                                "stop": self.stop})
@@ -127,14 +127,14 @@ def test_a_corpus_of_bad_images_costs_no_study_worker_or_queue(
     processed_s = time.monotonic() - started
 
     with node.db.session() as session:
-        instance_status = dict(session.execute(
-            sa.select(Instance.sop_instance_uid, Instance.status)).tuples().all())
+        instance_status = {uid: status for uid, status in session.execute(
+            sa.select(Instance.sop_instance_uid, Instance.status))}
         reasons = Counter(str(r).split(":")[0] for r in session.scalars(
             sa.select(Instance.skip_reason).where(Instance.skip_reason.is_not(None))))
-        results_by_study = dict(session.execute(
+        results_by_study = {uid: count for uid, count in session.execute(
             sa.select(Study.study_uid, sa.func.count(Result.id))
             .join(Job, Job.study_id == Study.id).join(Result, Result.job_id == Job.id)
-            .group_by(Study.study_uid)).tuples().all())
+            .group_by(Study.study_uid))}
         result_paths = list(session.scalars(sa.select(Result.path)))
     for study in corpus:
         if study.has_good:
@@ -150,9 +150,9 @@ def test_a_corpus_of_bad_images_costs_no_study_worker_or_queue(
 
     # every result object is valid DICOM: a sample of them, through dciodvfy
     spool = node.settings.spool
-    for path in result_paths[::max(1, len(result_paths) // 25)]:
-        verdict = run_dciodvfy(spool / path)
-        assert verdict.errors == (), (path, verdict.errors)
+    for result_path in result_paths[::max(1, len(result_paths) // 25)]:
+        verdict = run_dciodvfy(spool / result_path)
+        assert verdict.errors == (), (result_path, verdict.errors)
 
     assert echo_ok(node.settings.port, AET)
     # the queue still moves: a normal study, sent now, is done within a minute
