@@ -140,7 +140,7 @@ def valid_header(source: Dataset) -> Dataset:
     set, a pixel spacing of 0) is left out; for type 2 attributes of the patient and study
     it is copied empty. Values the node cannot decode are left out too.
     """
-    copy = _valid_items(source, depth=0)
+    copy, _ = _valid_items(source, depth=0)
     for keyword in TYPE_2_KEYWORDS - set(copy.dir()):  # required, if empty: the encoders
         copy.add_new(keyword, dictionary_VR(keyword), None)  # read them
     if hasattr(source, "file_meta"):
@@ -176,8 +176,12 @@ def _values(value: object) -> list[object]:
     return [value]
 
 
-def _valid_items(source: Dataset, depth: int) -> Dataset:
+def _valid_items(source: Dataset, depth: int) -> tuple[Dataset, bool]:
+    """The valid elements of ``source``, and whether they were all valid. A sequence is
+    copied only whole: one invalid value in one of its items (a code meaning too long, say)
+    leaves the sequence out, so no item is copied without an attribute it requires."""
     copy = Dataset()
+    whole = True
     for tag in list(source.keys()):
         if tag in _PIXEL_TAGS and depth == 0:
             continue
@@ -186,19 +190,27 @@ def _valid_items(source: Dataset, depth: int) -> Dataset:
             if not _standard_vr(element):
                 raise ValueError(f"{element.keyword} has VR {element.VR}")
             if element.VR == VR.SQ:
-                if depth < 4:
-                    items = [_valid_items(item, depth + 1) for item in element.value]
-                    copy.add_new(tag, VR.SQ, items)
-                continue
-            ok = _valid_value(element)
+                checked = [_valid_items(item, depth + 1) for item in element.value] \
+                    if depth < MAX_SEQUENCE_DEPTH else []
+                ok = depth < MAX_SEQUENCE_DEPTH and all(valid for _, valid in checked)
+                if ok:
+                    copy.add_new(tag, VR.SQ, [item for item, _ in checked])
+            else:
+                ok = _valid_value(element)
+                if ok:
+                    copy.add(deepcopy(element))
         except Exception:  # noqa: BLE001 - an element pydicom cannot even convert
             ok = False
-        keyword = keyword_for_tag(tag)
-        if ok:
-            copy.add(deepcopy(element))
-        elif keyword in TYPE_2_KEYWORDS and depth == 0:
-            copy.add_new(tag, dictionary_VR(tag), None)
-    return copy
+        if not ok:
+            whole = False
+            if keyword_for_tag(tag) in TYPE_2_KEYWORDS and depth == 0:
+                copy.add_new(tag, dictionary_VR(tag), None)
+    return copy, whole
+
+
+#: Sequences nested deeper than this are not copied (no source attribute the results copy
+#: nests that far).
+MAX_SEQUENCE_DEPTH = 4
 
 
 def _standard_vr(element: DataElement) -> bool:

@@ -169,7 +169,15 @@ def _negative_numbers(ds: Dataset) -> None:
     ds.BodyPartThickness = -3
 
 
+def _over_long_code_meaning(ds: Dataset) -> None:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "RPID1", "RADLEX"
+    item.CodeMeaning = "Mammography screening, bilateral " * 4  # over 64 characters
+    ds.ProcedureCodeSequence = [item]
+
+
 HEADER_ODDITIES = [
+    ("over-long CodeMeaning in ProcedureCodeSequence", _over_long_code_meaning),
     ("negative InstanceNumber and BodyPartThickness", _negative_numbers),
     ("no ImagerPixelSpacing nor PixelSpacing", _no_spacing),
     ("no PatientOrientation", _no_orientation),
