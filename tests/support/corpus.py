@@ -87,7 +87,7 @@ def encode(ds: Dataset, syntax: str) -> Dataset:
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     elif syntax in COMPRESSED:
         plugin = "pydicom" if syntax == RLELossless else ""
-        ds.compress(syntax, encoding_plugin=plugin) if plugin else ds.compress(syntax)
+        ds.compress(syntax, encoding_plugin=plugin, generate_instance_uid=False)
     else:
         ds.file_meta.TransferSyntaxUID = syntax
     return ds
@@ -219,12 +219,13 @@ def build_corpus(directory: Path, *, seed: int, studies: int, bad_per_study: int
     directory.mkdir(parents=True, exist_ok=True)
     corpus = []
     for number in range(studies + bad_only_studies):
-        study = Study(generate_uid())
+        study = Study(uid(seed, number))
         patient = Patient(f"FUZZ^{number}", f"FUZZ-{number}")
         good_views = FOUR_VIEWS if number < studies else ()
         for k, (lat, view) in enumerate(good_views, start=1):
             ds = make_mg(lat, view, study_uid=study.uid, patient=patient, rows=size[0],
-                         cols=size[1], instance_number=k, seed=rng.randrange(1000))
+                         cols=size[1], instance_number=k, seed=rng.randrange(1000),
+                         sop_uid=uid(seed, number, k), series_uid=uid(seed, number, "s", k))
             syntax = rng.choice(SYNTAXES)
             encode(ds, syntax)
             study.inputs.append(_write(directory, ds, file_bytes(ds), True,
@@ -233,7 +234,9 @@ def build_corpus(directory: Path, *, seed: int, studies: int, bad_per_study: int
         for k in range(bad):
             lat, view = rng.choice(FOUR_VIEWS)
             ds = make_mg(lat, view, study_uid=study.uid, patient=patient, rows=size[0],
-                         cols=size[1], instance_number=10 + k, seed=rng.randrange(1000))
+                         cols=size[1], instance_number=10 + k, seed=rng.randrange(1000),
+                         sop_uid=uid(seed, number, "bad", k),
+                         series_uid=uid(seed, number, "s", "bad", k))
             kind = rng.random()
             if kind < 0.45:
                 encode(ds, rng.choice(COMPRESSED))
@@ -260,8 +263,14 @@ def build_corpus(directory: Path, *, seed: int, studies: int, bad_per_study: int
     return corpus
 
 
+def uid(*parts: object) -> str:
+    """A UID that is the same for the same seed and position: the corpus is byte for byte
+    the same on every run of a seed."""
+    return str(generate_uid(entropy_srcs=[str(part) for part in parts]))
+
+
 def _write(directory: Path, ds: Dataset, data: bytes, good: bool, what: str) -> Input:
-    uid = str(ds.SOPInstanceUID)
-    path = directory / f"{uid}.dcm"
+    sop_uid = str(ds.SOPInstanceUID)
+    path = directory / f"{sop_uid}.dcm"
     path.write_bytes(data)
-    return Input(path, uid, good, what)
+    return Input(path, sop_uid, good, what)
