@@ -74,6 +74,7 @@ class DicomDestination(Peer):
     name: str = Field(min_length=1, max_length=64)
     ae_title: AETitle
     storage_commitment: bool = False
+    gsps: bool = False  # also send a Grayscale Softcopy Presentation State per image
 
     @property
     def target(self) -> str:
@@ -90,6 +91,7 @@ class DicomWebDestination(BaseModel):
     url: str = Field(pattern=r"^https?://")
     username: str | None = None
     password: str | None = None
+    gsps: bool = False
 
     @property
     def target(self) -> str:
@@ -108,6 +110,7 @@ class CallerDestination(BaseModel):
     kind: Literal["caller"]
     name: str = Field(min_length=1, max_length=64)
     peers: dict[AETitle, Peer] = Field(min_length=1)
+    gsps: bool = False
 
     @property
     def target(self) -> str:
@@ -214,6 +217,16 @@ class Settings(BaseModel):
     @property
     def destination_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.destinations)
+
+    def destinations_for(self, kind: str) -> tuple[str, ...]:
+        """The destinations a result object of ``kind`` ('SEG', 'SR', 'GSPS', ...) goes to:
+        a GSPS only to those with ``gsps = true``, every other object to all."""
+        return tuple(d.name for d in self.destinations if kind != "GSPS" or d.gsps)
+
+    @property
+    def gsps(self) -> bool:
+        """Whether any destination wants GSPS (else none is made)."""
+        return any(d.gsps for d in self.destinations)
 
     @property
     def db_url(self) -> str:

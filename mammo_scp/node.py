@@ -110,7 +110,8 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
             analyzer = load_models(settings)
             if analyzer is not None and (with_scp or parent is not None):
                 prefetcher = Prefetcher(analyzer)  # only where arrivals are heard: not `work`
-            pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr, prefetcher=prefetcher)
+            pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr, gsps=settings.gsps,
+                                        prefetcher=prefetcher)
         state.models_loaded = True
         workers = Workers(settings, db, spool, pipeline, prefetcher=prefetcher)
         instances_arrived = workers.instances_arrived.notify

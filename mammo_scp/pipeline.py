@@ -176,17 +176,19 @@ def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> S
     return Stage("analyze", analyze)
 
 
-def encode_stage(*, cad_sr: bool) -> Stage:
-    """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR.
+def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
+    """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR
+    and (``gsps``: some destination wants them) one GSPS per image with findings.
 
-    An image whose SEG, or whose part of a study object, cannot be encoded (a header the
-    encoders refuse) is skipped with the reason, and nothing derived from it is sent; the
-    study's objects are made from the other images.
+    An image whose SEG or GSPS, or whose part of a study object, cannot be encoded (a
+    header the encoders refuse) is skipped with the reason, and nothing derived from it is
+    sent; the study's objects are made from the other images.
     """
 
     def encode(ctx: JobContext) -> str:
         from mammo_scp.encode import (
             build_cad_sr,
+            build_gsps,
             build_measurement_report,
             build_seg,
             has_findings,
@@ -196,15 +198,22 @@ def encode_stage(*, cad_sr: bool) -> Stage:
         if not ctx.analyses:
             return "nothing to encode"
         segs: dict[str, ResultObject] = {}
+        states: dict[str, ResultObject] = {}
         for uid in list(ctx.analyses):
+            kind = "SEG"
             try:
                 seg = build_seg(ctx.datasets[uid], ctx.analyses[uid])
                 if seg is not None:  # written here: a value that cannot be is this image's
                     segs[uid] = ResultObject("SEG", seg, file_bytes(seg))
+                kind = "GSPS"
+                state = build_gsps(ctx.datasets[uid], ctx.analyses[uid]) if gsps else None
+                if state is not None:
+                    states[uid] = ResultObject("GSPS", state, file_bytes(state))
             except BaseException as exc:  # noqa: BLE001 - one image must not sink the study
                 if is_fatal(exc):
                     raise
-                ctx.skip(uid, f"its SEG cannot be encoded: {describe(exc)}")
+                segs.pop(uid, None)
+                ctx.skip(uid, f"its {kind} cannot be encoded: {describe(exc)}")
 
         def report(uids: list[str]) -> ResultObject:
             sr = build_measurement_report([ctx.datasets[u] for u in uids],
@@ -244,12 +253,14 @@ def encode_stage(*, cad_sr: bool) -> Stage:
                     built.append(made)
         # SEGs of images skipped while the study objects were built are left out
         ctx.results.extend(seg for uid, seg in segs.items() if uid in ctx.analyses)
+        ctx.results.extend(state for uid, state in states.items() if uid in ctx.analyses)
         ctx.results.extend(built)
         ctx.artifacts[FINDINGS_FILE] = json.dumps(
             [analysis_to_json(a) for a in ctx.analyses.values()], indent=1).encode()
         kinds = [r.kind for r in ctx.results]
         return (f"{kinds.count('SEG')} SEG, {kinds.count('SR')} SR"
-                + (f", {kinds.count('CAD_SR')} CAD SR" if cad_sr else ""))
+                + (f", {kinds.count('CAD_SR')} CAD SR" if cad_sr else "")
+                + (f", {kinds.count('GSPS')} GSPS" if gsps else ""))
 
     return Stage("encode", encode)
 
@@ -381,9 +392,9 @@ class Pipeline:
 
 
 def default_pipeline(analyzer: Analyzer | None = None, *, cad_sr: bool = False,
-                     prefetcher: Prefetcher | None = None) -> Pipeline:
+                     gsps: bool = False, prefetcher: Prefetcher | None = None) -> Pipeline:
     """The stages the node runs for every job: load, and with models analyze and encode."""
     stages = [Stage("load", load)]
     if analyzer is not None:
-        stages += [analyze_stage(analyzer, prefetcher), encode_stage(cad_sr=cad_sr)]
+        stages += [analyze_stage(analyzer, prefetcher), encode_stage(cad_sr=cad_sr, gsps=gsps)]
     return Pipeline(stages=tuple(stages))

@@ -144,7 +144,7 @@ class JobRunner:
                        for uid, sop_class, kind, path in written]
             destinations = self.settings.destination_names
             for row in results:
-                for name in destinations:
+                for name in self.settings.destinations_for(row.kind):
                     self._queue_delivery(session, ctx.job_id, row.id, name)
             job.worker = None
             job.lease_expires_at = None

@@ -30,6 +30,8 @@ class ObjectKind(Enum):
     SR_INSTANCE = "measurement-report-instance"
     CAD_SR_SERIES = "cad-sr-series"
     CAD_SR_INSTANCE = "cad-sr-instance"
+    GSPS_SERIES = "gsps-series"
+    GSPS_INSTANCE = "gsps-instance"
     SEGMENT_TRACKING = "segment-tracking"
     FINDING_TRACKING = "finding-tracking"
     DEVICE_OBSERVER = "device-observer"
@@ -41,6 +43,7 @@ class SeriesNumber(IntEnum):
     SEG = 9001
     MEASUREMENT_REPORT = 9002
     CAD_SR = 9003
+    GSPS = 9004
 
 
 def derive_uid(kind: ObjectKind, *parts: str) -> UID:

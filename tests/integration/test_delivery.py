@@ -11,11 +11,13 @@ from pydicom.uid import generate_uid
 from mammo_scp.config import DicomDestination
 from mammo_scp.jobs.service import retry_job
 from mammo_scp.jobs.states import CommitmentState, DeliveryState, JobState
+from mammo_scp.pipeline import default_pipeline
 from mammo_scp.send.cstore import send_files
 from tests.support.inprocess import InProcessNode
 from tests.support.mg import four_view_study
 from tests.support.orthanc import Orthanc
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
+from tests.support.stub_analyzer import StubAnalyzer
 
 AET = "MAMMO_SCP"
 
@@ -93,6 +95,36 @@ def test_results_go_back_to_the_calling_ae(make_node, tmp_path: Path) -> None:
         assert len(caller.files()) == 4
     finally:
         caller.stop()
+
+
+def test_gsps_go_only_to_destinations_that_want_them(make_node, tmp_path: Path) -> None:
+    plain = StoreSCP(tmp_path / "plain", free_port(), aet="PLAIN").start()
+    viewer = StoreSCP(tmp_path / "viewer", free_port(), aet="VIEWER").start()
+    try:
+        pipeline = default_pipeline(StubAnalyzer(), gsps=True)  # type: ignore[arg-type]
+        node = make_node(None, pipeline, destinations=[
+            {"name": "plain", "ae_title": "PLAIN", "host": "127.0.0.1", "port": plain.port},
+            {"name": "viewer", "ae_title": "VIEWER", "host": "127.0.0.1", "port": viewer.port,
+             "gsps": True}])
+        files = _send_study(node, tmp_path / "study")
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 60,
+                 what="the job to be delivered")
+
+        def modalities(pacs: StoreSCP) -> list[str]:
+            return sorted(str(dcmread(f).Modality) for f in pacs.files())
+
+        # the stub detector finds one mass on each image
+        assert modalities(viewer) == sorted(modalities(plain) + ["PR"] * len(files))
+        assert "PR" not in modalities(plain)
+        sources = {str(dcmread(f).SOPInstanceUID) for f in files}
+        referenced = {str(dcmread(f).ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+                          .ReferencedSOPInstanceUID)
+                      for f in viewer.files() if dcmread(f).Modality == "PR"}
+        assert referenced == sources
+        assert all(d.state == DeliveryState.DELIVERED for d in node.deliveries())
+    finally:
+        plain.stop()
+        viewer.stop()
 
 
 def test_unknown_calling_ae_is_dead_at_once_with_the_reason(make_node, tmp_path: Path) -> None:

@@ -37,10 +37,11 @@ def derived_copies(ctx: JobContext) -> str:
 
 
 class InProcessNode:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.stop = threading.Event()
-        pipeline = Pipeline(default_pipeline().stages + (Stage("derive", derived_copies),))
+        if pipeline is None:
+            pipeline = Pipeline(default_pipeline().stages + (Stage("derive", derived_copies),))
         self.thread = threading.Thread(
             target=run, args=(settings,), kwargs={"with_scp": True, "pipeline": pipeline,
                                                   "stop": self.stop}, daemon=True)
@@ -65,7 +66,8 @@ def node_factory(tmp_path: Path, database_url: str
     nodes: list[InProcessNode] = []
     saved_tempdir = tempfile.tempdir
 
-    def factory(pacs_port: int | None, **overrides: Any) -> InProcessNode:
+    def factory(pacs_port: int | None, pipeline: Pipeline | None = None,
+                **overrides: Any) -> InProcessNode:
         values = {
             "port": free_port(), "bind_address": "127.0.0.1", "data_dir": tmp_path / "data",
             "database_url": database_url, "quiet_period_s": 2.0, "poll_interval_s": 0.2,
@@ -74,7 +76,7 @@ def node_factory(tmp_path: Path, database_url: str
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
                               "port": pacs_port}] if pacs_port else [],
         } | overrides
-        node = InProcessNode(Settings.model_validate(values))
+        node = InProcessNode(Settings.model_validate(values), pipeline)
         node.thread.start()
         wait_for(lambda: echo_ok(node.settings.port, AET, 1.0), 30, what="the node to listen")
         nodes.append(node)
