@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The job's findings as JSON beside its result objects (not delivered): for `preview`.
 FINDINGS_FILE = "findings.json"
+#: Result kind of the Enhanced SR a study without findings gets.
+NO_FINDINGS_KIND = "NO_FINDINGS_SR"
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,9 @@ def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> S
 
 
 def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
-    """One SEG per image with a mass, one Measurement Report per study, optionally a CAD SR
-    and (``gsps``: some destination wants them) one GSPS per image with findings.
+    """One SEG per image with a mass, one Measurement Report per study with findings (an
+    Enhanced SR saying "no finding" for a study without), optionally a CAD SR and
+    (``gsps``: some destination wants them) one GSPS per image with findings.
 
     An image whose SEG or GSPS, or whose part of a study object, cannot be encoded (a
     header the encoders refuse) is skipped with the reason, and nothing derived from it is
@@ -190,6 +193,7 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
             build_cad_sr,
             build_gsps,
             build_measurement_report,
+            build_no_findings_report,
             build_seg,
             has_findings,
         )
@@ -221,6 +225,11 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
                                           [segs[u].dataset for u in uids if u in segs])
             return ResultObject("SR", sr, file_bytes(sr))
 
+        def no_findings(uids: list[str]) -> ResultObject:
+            sr = build_no_findings_report([ctx.datasets[u] for u in uids],
+                                          [ctx.analyses[u] for u in uids])
+            return ResultObject(NO_FINDINGS_KIND, sr, file_bytes(sr))
+
         def cad(uids: list[str]) -> ResultObject:
             sr = build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
             return ResultObject("CAD_SR", sr, file_bytes(sr))
@@ -233,21 +242,20 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
             if identity != usual:
                 ctx.skip(uid, "its Study Instance UID, Patient ID or Patient Name differs from "
                               "the study's other images")
-        # No Measurement Report without findings: OHIF (3.13) fails to open one. The CAD SR,
-        # when on, still says "succeeded without findings".
-        study_objects: list[tuple[str, Callable[[list[str]], ResultObject]]] = []
-        if has_findings(list(ctx.analyses.values())):
-            study_objects.append(("SR", report))
-        if cad_sr:
-            study_objects.append(("CAD_SR", cad))
+        # No Measurement Report without findings: OHIF (3.13) fails to open one. Such a study
+        # gets an Enhanced SR saying "no finding" instead (and the CAD SR, when on, says
+        # "succeeded without findings").
         built: list[ResultObject] = []
         analysed: set[str] = set()
         while set(ctx.analyses) != analysed:  # again if an image was skipped on the way
             analysed = set(ctx.analyses)
             built = []
+            study_objects: list[tuple[str, Callable[[list[str]], ResultObject]]] = [
+                ("SR", report) if has_findings(list(ctx.analyses.values()))
+                else (NO_FINDINGS_KIND, no_findings)]
+            if cad_sr:
+                study_objects.append(("CAD_SR", cad))
             for kind, build in study_objects:
-                if kind == "SR" and not has_findings(list(ctx.analyses.values())):
-                    continue
                 made = _study_object(ctx, kind, build)
                 if made is not None:
                     built.append(made)
@@ -259,6 +267,8 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
             [analysis_to_json(a) for a in ctx.analyses.values()], indent=1).encode()
         kinds = [r.kind for r in ctx.results]
         return (f"{kinds.count('SEG')} SEG, {kinds.count('SR')} SR"
+                + (f", {kinds.count(NO_FINDINGS_KIND)} no-findings SR" if NO_FINDINGS_KIND in kinds
+                   else "")
                 + (f", {kinds.count('CAD_SR')} CAD SR" if cad_sr else "")
                 + (f", {kinds.count('GSPS')} GSPS" if gsps else ""))
 

@@ -39,6 +39,10 @@ LEFT = _sct("7771000", "Left")
 # --- Procedure reported (CID 100) ---------------------------------------------
 MAMMOGRAPHY = _sct("71651007", "Mammography")
 
+# --- Document title (CID 7000) -------------------------------------------------
+DIAGNOSTIC_IMAGING_REPORT = CodedConcept(value="18748-4", scheme_designator="LN",
+                                         meaning="Diagnostic Imaging Report")
+
 # --- Algorithm and equipment --------------------------------------------------
 ARTIFICIAL_INTELLIGENCE = _dcm("123110", "Artificial Intelligence")  # CID 7162 family
 PROCESSING_EQUIPMENT = _dcm("109102", "Processing Equipment")  # CID 7005 purpose

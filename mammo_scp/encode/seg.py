@@ -15,8 +15,9 @@ image such as MG.
 No mass found: when the mask is empty, :func:`build_seg` returns ``None`` and
 no SEG is sent for that image. An all-empty SEG would add a blank segmentation
 layer to the viewer for every normal image; the Measurement Report (one per
-study) still lists every processed image and its per-breast score, so "looked
-at and found nothing" is recorded there.
+study with findings) still lists every processed image, and a study without
+findings gets the "no finding" Enhanced SR (:mod:`mammo_scp.encode.no_findings`),
+so "looked at and found nothing" is recorded.
 
 Pixel Measures: the SEG keeps the shared Pixel Measures item with the source's
 pixel spacing, because OHIF (3.13) fails to load a SEG without it. Slice

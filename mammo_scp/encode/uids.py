@@ -32,6 +32,8 @@ class ObjectKind(Enum):
     CAD_SR_INSTANCE = "cad-sr-instance"
     GSPS_SERIES = "gsps-series"
     GSPS_INSTANCE = "gsps-instance"
+    NO_FINDINGS_SERIES = "no-findings-series"
+    NO_FINDINGS_INSTANCE = "no-findings-instance"
     SEGMENT_TRACKING = "segment-tracking"
     FINDING_TRACKING = "finding-tracking"
     DEVICE_OBSERVER = "device-observer"
@@ -44,6 +46,7 @@ class SeriesNumber(IntEnum):
     MEASUREMENT_REPORT = 9002
     CAD_SR = 9003
     GSPS = 9004
+    NO_FINDINGS = 9005
 
 
 def derive_uid(kind: ObjectKind, *parts: str) -> UID:

@@ -17,7 +17,7 @@ from tests.support.inprocess import InProcessNode
 from tests.support.mg import four_view_study
 from tests.support.orthanc import Orthanc
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
-from tests.support.stub_analyzer import StubAnalyzer
+from tests.support.stub_analyzer import FindsNothing, StubAnalyzer
 
 AET = "MAMMO_SCP"
 
@@ -125,6 +125,25 @@ def test_gsps_go_only_to_destinations_that_want_them(make_node, tmp_path: Path) 
     finally:
         plain.stop()
         viewer.stop()
+
+
+def test_a_study_without_findings_gets_its_no_findings_sr(make_node, tmp_path: Path) -> None:
+    """Issue 26: "analysed, nothing found" reaches the PACS as an object."""
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        node = make_node(pacs.port, default_pipeline(FindsNothing(),  # type: ignore[arg-type]
+                                                     gsps=True))
+        files = _send_study(node, tmp_path / "study")
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 60,
+                 what="the job to be delivered")
+        (received,) = [dcmread(f) for f in pacs.files()]
+        assert received.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+        assert received.StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
+        comment = [item.TextValue for item in received.ContentSequence
+                   if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        assert comment and comment[0].startswith("No finding:")
+    finally:
+        pacs.stop()
 
 
 def test_unknown_calling_ae_is_dead_at_once_with_the_reason(make_node, tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ its data source) runs in the Debian chromium driven by Playwright, and must:
   that image's mass (screen pixels change there when the segment is shown, not elsewhere);
 * load the SR, draw its findings and track them: each finding is a measurement in OHIF's
   Measurements panel, labelled with its probability of cancer;
-* open a second study, one without findings, for which the node sends nothing (OHIF 3.13.2
-  cannot open a Measurement Report without findings: docs/ohif.md), without an error;
+* open a second study, one without findings, for which the node sends no SEG and no
+  Measurement Report (OHIF 3.13.2 cannot open one without findings: docs/ohif.md) but an
+  Enhanced SR saying "no finding", which OHIF shows as text, without an error;
 * log no error about SEG, SR, segmentation, measurement or VOI parsing.
 
 mdb010 (LCC) and mdb012 (LMLO) carry a benign mass that the shipped U-Net covers (0.99 and
@@ -216,7 +217,9 @@ def test_ohif_shows_the_nodes_seg_and_sr(tmp_path: Path) -> None:
         node.stop()
         series = _modalities(pacs, study_uid)
         assert set(series) == {"MG", "SEG", "SR"}
-        assert set(_modalities(pacs, normal_uid)) == {"MG"}  # nothing sent for it
+        normal_series = _modalities(pacs, normal_uid)
+        assert set(normal_series) == {"MG", "SR"}, normal_series
+        assert normal_series.count("SR") == 1  # the no-findings SR, and no SEG
         # A SEG per image with a mask: the two masses, and any region the U-Net marks on an
         # image without one (not every mask is on a mass: docs/model-cards.md).
         n_segs = series.count("SEG")
@@ -431,13 +434,18 @@ def _modalities(pacs: Orthanc, study_uid: str) -> list[str]:
 
 def _check_study_without_findings(page: Any, port: int, study_uid: str,
                                   errors: list[str]) -> None:
-    """The normal study: its four images and no result of ours, shown without an error."""
+    """The normal study: its four images and our no-findings SR, which opens as text saying
+    that the study was analysed, by which models, with no finding; no error."""
     page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
-    # Four thumbnails and the study's header ("MG", 4 series).
-    _poll(lambda: page.get_by_text("MG", exact=True).count() == 5, "the four MG thumbnails")
+    page.get_by_text("AI mass analysis", exact=True).wait_for()
+    _poll(lambda: page.get_by_text("MG", exact=True).count() >= 4, "the four MG thumbnails")
     page.wait_for_load_state("networkidle")
     assert page.get_by_text("AI mass segmentation", exact=True).count() == 0
     assert page.get_by_text("AI mass measurements", exact=True).count() == 0
+    page.get_by_text("AI mass analysis", exact=True).dblclick()
+    statement = page.get_by_text(re.compile(r"No finding: AI mass detection and segmentation "
+                                            r"analysed 4 image\(s\) .* with \S+ \S+ and"))
+    _poll(lambda: bool(statement.count() or errors), "OHIF to show the no-findings SR")
     assert not errors, errors
     assert page.get_by_text("Something went wrong").count() == 0
 

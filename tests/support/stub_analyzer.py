@@ -47,3 +47,13 @@ class StubAnalyzer(Analyzer):
             boxes.append([cols + 4.0 * k, rows + 4.0 * k, cols + 4.0 * k + 20, rows + 4.0 * k + 20])
         n = len(boxes)
         return Detections(np.asarray(boxes, np.float64), np.full(n, 0.85), np.full(n, 0.3))
+
+
+class FindsNothing(StubAnalyzer):
+    """Stand-in networks that segment and detect nothing: a normal study."""
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        return np.zeros(image.shape, np.float32)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0))

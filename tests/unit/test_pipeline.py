@@ -14,11 +14,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from mammo_scp.dicom import VIEW_CODES
-from mammo_scp.pipeline import InstanceRecord, JobContext, default_pipeline
+from mammo_scp.pipeline import NO_FINDINGS_KIND, InstanceRecord, JobContext, default_pipeline
 from mammo_scp.store.ingest import laterality_of, view_of
 from tests.support.dciodvfy import assert_dciodvfy_clean
 from tests.support.mg import FOUR_VIEWS, make_mg
-from tests.support.stub_analyzer import StubAnalyzer
+from tests.support.stub_analyzer import FindsNothing, StubAnalyzer
 from tests.unit.test_decode import panicking_rle
 
 assert VIEW_CODES  # the view codes ingest reads
@@ -31,7 +31,7 @@ def _study(n: int = 4) -> list[Dataset]:
 
 
 def _run(tmp_path: Path, datasets: list[Dataset], analyzer: object | None = None,
-         cad_sr: bool = True) -> JobContext:
+         cad_sr: bool = True, gsps: bool = False) -> JobContext:
     records = []
     for ds in datasets:
         path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
@@ -40,7 +40,8 @@ def _run(tmp_path: Path, datasets: list[Dataset], analyzer: object | None = None
                                       laterality_of(ds), view_of(ds)))
     ctx = JobContext(job_id=1, study_uid=str(datasets[0].StudyInstanceUID),
                      instances=tuple(records))
-    for stage in default_pipeline(analyzer or StubAnalyzer(), cad_sr=cad_sr).stages:  # type: ignore[arg-type]
+    for stage in default_pipeline(analyzer or StubAnalyzer(), cad_sr=cad_sr,  # type: ignore[arg-type]
+                                  gsps=gsps).stages:
         stage.run(ctx)
     return ctx
 
@@ -94,6 +95,27 @@ def test_a_bad_fifth_image_is_skipped_and_the_four_views_are_processed(
     assert set(ctx.analyses) == {str(ds.SOPInstanceUID) for ds in study}
     kinds = sorted(r.kind for r in ctx.results)
     assert kinds.count("SEG") == 4 and "SR" in kinds and "CAD_SR" in kinds
+
+
+@pytest.mark.parametrize("cad_sr", [False, True], ids=["default", "cad_sr"])
+def test_a_study_without_findings_gets_a_no_findings_report(tmp_path: Path,
+                                                            cad_sr: bool) -> None:
+    """Issue 26: "analysed, found nothing" is an object, not silence; no SEG, SR or GSPS."""
+    study = _study()
+    ctx = _run(tmp_path, study, FindsNothing(), cad_sr=cad_sr, gsps=True)
+    assert ctx.skipped == {} and len(ctx.analyses) == 4
+    kinds = sorted(r.kind for r in ctx.results)
+    assert kinds == (["CAD_SR", NO_FINDINGS_KIND] if cad_sr else [NO_FINDINGS_KIND])
+    (report,) = [r.dataset for r in ctx.results if r.kind == NO_FINDINGS_KIND]
+    assert report.StudyInstanceUID == study[0].StudyInstanceUID
+    assert_dciodvfy_clean(report, tmp_path, "no-findings.dcm")
+
+
+def test_a_study_with_findings_gets_no_no_findings_report(tmp_path: Path) -> None:
+    ctx = _run(tmp_path, _study(), gsps=True)
+    kinds = sorted(r.kind for r in ctx.results)
+    assert NO_FINDINGS_KIND not in kinds
+    assert kinds.count("GSPS") == 4 and "SR" in kinds  # the stub finds a mass on each image
 
 
 class _Raising(StubAnalyzer):
