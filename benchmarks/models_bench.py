@@ -105,7 +105,8 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def bench(models: Path, repeat: int) -> dict[str, Any]:
+def bench(models: Path, repeat: int, precisions: tuple[str, ...] = ("fp32", "bf16")
+          ) -> dict[str, Any]:
     from mammo_scp.models.analyzer import cpu_flags
 
     flags = cpu_flags()
@@ -114,9 +115,10 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
                 "flags": {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512_bf16",
                                                    "amx_tile", "amx_bf16")}},
         "matmul_gflops": {}, "precisions": {}}
-    report["matmul_gflops"]["fp32"] = matmul_gflops(tf.float32)
-    report["matmul_gflops"]["bf16"] = matmul_gflops(tf.bfloat16)
-    analyzers = {p: Analyzer.load(models, p) for p in ("fp32", "bf16")}
+    for precision in precisions:
+        report["matmul_gflops"][precision] = matmul_gflops(
+            tf.float32 if precision == "fp32" else tf.bfloat16)
+    analyzers = {p: Analyzer.load(models, p) for p in precisions}
     images = inputs()
     for precision, an in analyzers.items():
         per: dict[str, Any] = {}
@@ -173,6 +175,10 @@ def bench(models: Path, repeat: int) -> dict[str, Any]:
         report["precisions"][precision] = per
     report["full_field_dicom_ms"] = dicom_preprocessing(images["FFDM 4096x3328 @0.07mm"],
                                                         analyzers["fp32"].spacing_mm, repeat)
+    report["peak_rss_mib_both_loaded"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    if set(analyzers) != {"fp32", "bf16"}:
+        return report
     # accuracy of bf16 against fp32 on the same input (the full-field phantom has a mass)
     pixels, spacing = images["FFDM 4096x3328 @0.07mm"]
     pre = preprocess_array(pixels, spacing, model_spacing_mm=analyzers["fp32"].spacing_mm)
@@ -202,8 +208,12 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
+                        default=["fp32", "bf16"],
+                        help="bf16 only where the CPU runs it natively (AMX or AVX512_BF16): "
+                             "elsewhere TensorFlow emulates it, many times slower")
     args = parser.parse_args()
-    report = bench(args.models, args.repeat)
+    report = bench(args.models, args.repeat, tuple(args.precision))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

