@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,3 +45,39 @@ def synthetic_batch(rng: np.random.Generator, n: int, size: int, radius: tuple[i
         masks[i] = (d2 <= r * r).astype(np.float32)
         boxes[i] = [cx - r, cy - r, cx + r + 1, cy + r + 1]
     return images, masks, boxes
+
+
+def train_detector_steps(net: Any, steps: int, lr: float, rng: np.random.Generator,
+                         size: int = 96, batch: int = 4) -> list[float]:
+    """Train ``net`` (a FasterRCNN) on synthetic masses; the RPN loss of every step."""
+    import keras
+    import tensorflow as tf
+
+    from mammo_scp.models.frcnn import make_anchors, rpn_targets
+
+    cfg = net.cfg
+    anchors = make_anchors(cfg, size // cfg.stride, size // cfg.stride)
+    opt = keras.optimizers.Adam(lr)
+
+    @tf.function  # type: ignore[untyped-decorator]
+    def step(images: Any, rpn_l: Any, rpn_d: Any, gt_b: Any, gt_l: Any, gt_v: Any) -> Any:
+        with tf.GradientTape() as tape:
+            parts = net.losses(images, rpn_l, rpn_d, gt_b, gt_l, gt_v)
+            total = tf.add_n(list(parts.values()))
+        grads = tape.gradient(total, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+        return parts["rpn_cls"] + parts["rpn_box"]
+
+    losses = []
+    for _ in range(steps):
+        x, _, boxes = synthetic_batch(rng, batch, size, (7, 10))
+        rpn = [rpn_targets(cfg, anchors, boxes[i:i + 1], rng) for i in range(batch)]
+        gt_b = np.zeros((batch, 2, 4), np.float32)
+        gt_b[:, 0] = boxes
+        gt_l = np.zeros((batch, 2), np.int32)
+        gt_l[:, 0] = 2
+        gt_v = np.zeros((batch, 2), bool)
+        gt_v[:, 0] = True
+        losses.append(float(step(x[..., None], np.stack([r[0] for r in rpn]),
+                                 np.stack([r[1] for r in rpn]), gt_b, gt_l, gt_v)))
+    return losses

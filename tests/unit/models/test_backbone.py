@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, make_anchors, rpn_targets
+from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig
 from mammo_scp.training.backbone import (
     CAFFE_MEAN_BGR,
     IMAGENET_GREY_OFFSET,
@@ -26,7 +26,7 @@ from mammo_scp.training.backbone import (
     save_backbone,
     sri_digest,
 )
-from tests.unit.models.conftest import synthetic_batch
+from tests.unit.models.conftest import train_detector_steps
 
 WIDTH = 8  # ResNet50's layers at 1/8 of its width: every name, tiny arrays
 CLASSES = 10
@@ -224,31 +224,7 @@ def test_training_steps_from_the_imported_backbone_lower_the_loss(imported):
     init_detector_backbone(net.backbone, imported)
     net.freeze()
     frozen = net.backbone.get_layer("res2_0_c1").get_weights()[0].copy()
-    size, batch = 96, 4
-    anchors = make_anchors(IMAGENET, size // 16, size // 16)
-    opt = keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def step(images, rpn_l, rpn_d, gt_b, gt_l, gt_v):
-        with tf.GradientTape() as tape:
-            parts = net.losses(images, rpn_l, rpn_d, gt_b, gt_l, gt_v)
-            total = tf.add_n(list(parts.values()))
-        grads = tape.gradient(total, net.trainable_variables)
-        opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
-        return parts["rpn_cls"] + parts["rpn_box"]
-
-    losses = []
-    for _ in range(40):
-        x, _, boxes = synthetic_batch(rng, batch, size, (7, 10))
-        rpn = [rpn_targets(IMAGENET, anchors, boxes[i:i + 1], rng) for i in range(batch)]
-        gt_b = np.zeros((batch, 2, 4), np.float32)
-        gt_b[:, 0] = boxes
-        gt_l = np.zeros((batch, 2), np.int32)
-        gt_l[:, 0] = 2
-        gt_v = np.zeros((batch, 2), bool)
-        gt_v[:, 0] = True
-        losses.append(float(step(x[..., None], np.stack([r[0] for r in rpn]),
-                                 np.stack([r[1] for r in rpn]), gt_b, gt_l, gt_v)))
+    losses = train_detector_steps(net, 40, 1e-3, rng)
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4])
     np.testing.assert_array_equal(net.backbone.get_layer("res2_0_c1").get_weights()[0], frozen)
 

@@ -15,7 +15,7 @@ from mammo_scp.models.frcnn import (
     make_anchors,
     rpn_targets,
 )
-from tests.unit.models.conftest import synthetic_batch
+from tests.unit.models.conftest import synthetic_batch, train_detector_steps
 
 TINY = FRCNNConfig(width=8, blocks=(1, 1, 1), anchor_sizes=(12.0, 20.0, 32.0), rpn_channels=32,
                    head_hidden=64, rpn_pre_nms=100, rpn_post_nms_train=32, rpn_post_nms_test=32,
@@ -71,31 +71,8 @@ def test_tiny_detector_learns_an_obvious_mass():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     net = FasterRCNN(TINY)
-    size, batch = 96, 4
-    anchors = make_anchors(TINY, size // 16, size // 16)
-    opt = keras.optimizers.Adam(2e-3)
-
-    @tf.function
-    def step(images, rpn_l, rpn_d, gt_b, gt_l, gt_v):
-        with tf.GradientTape() as tape:
-            parts = net.losses(images, rpn_l, rpn_d, gt_b, gt_l, gt_v)
-            total = tf.add_n(list(parts.values()))
-        grads = tape.gradient(total, net.trainable_variables)
-        opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
-        return parts["rpn_cls"] + parts["rpn_box"]
-
-    losses = []
-    for _ in range(150):
-        x, _, boxes = synthetic_batch(rng, batch, size, (7, 10))
-        rpn = [rpn_targets(TINY, anchors, boxes[i:i + 1], rng) for i in range(batch)]
-        gt_b = np.zeros((batch, 2, 4), np.float32)
-        gt_b[:, 0] = boxes
-        gt_l = np.zeros((batch, 2), np.int32)
-        gt_l[:, 0] = 2
-        gt_v = np.zeros((batch, 2), bool)
-        gt_v[:, 0] = True
-        losses.append(float(step(x[..., None], np.stack([r[0] for r in rpn]),
-                                 np.stack([r[1] for r in rpn]), gt_b, gt_l, gt_v)))
+    size = 96
+    losses = train_detector_steps(net, 150, 2e-3, rng, size)
     # the RPN losses fall (the head's box loss rises at first: more proposals become positive)
     assert np.mean(losses[-15:]) < 0.6 * np.mean(losses[:5])
     x, _, boxes = synthetic_batch(np.random.default_rng(7), 6, size, (8, 10))
