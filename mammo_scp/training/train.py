@@ -172,6 +172,24 @@ def _weight_average(cfg: TrainConfig, variables: list[Any], ckpt: Path) -> Weigh
     return average
 
 
+def start_run(cfg: TrainConfig, has_mass: list[bool], variables: list[Any],
+              trainable: list[Any]
+              ) -> tuple[np.random.Generator, keras.optimizers.Optimizer, TrainState,
+                         WeightAverage | None]:
+    """What every run starts with: its random numbers, the optimizer on the recipe's
+    schedule, the state (from ``<out>/checkpoint`` when there is one: a resume) and the
+    weight average if asked for."""
+    rng = np.random.default_rng(cfg.seed)
+    steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
+    optimizer = recipe_optimizer(cfg, steps)
+    ckpt = Path(cfg.out) / "checkpoint"
+    state = TrainState()
+    if (ckpt / "state.json").is_file():
+        state = load_checkpoint(ckpt, variables, optimizer, trainable, rng)
+        logger.info("resumed at epoch %d", state.epoch)
+    return rng, optimizer, state, _weight_average(cfg, trainable, ckpt)
+
+
 # ------------------------------------------------------------------------------------ U-Net
 
 def unet_val_dice(model: keras.Model, val: list[Sample]) -> float:
@@ -239,18 +257,11 @@ def train_unet(cfg: TrainConfig) -> Path:
     if cfg.init_weights:
         shipped.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
-    rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
-    steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
-    optimizer = recipe_optimizer(cfg, steps)
+    rng, optimizer, state, average = start_run(cfg, has_mass, list(model.variables),
+                                               model.trainable_variables)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    state = TrainState()
-    if (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, list(model.variables), optimizer,
-                                model.trainable_variables, rng)
-        logger.info("resumed at epoch %d", state.epoch)
-    average = _weight_average(cfg, model.trainable_variables, ckpt)
 
     @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
     def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -410,18 +421,12 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     net.freeze()
     window = (int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop is not None else cfg.train_shape
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
-    rng = np.random.default_rng(cfg.seed)
     triples, has_mass = training_triples(train)
     hard = hard_negative_masks(cfg, train) if cfg.hard_negatives else None
-    steps = len(epoch_order(has_mass, cfg, np.random.default_rng(0))) // cfg.batch
-    optimizer = recipe_optimizer(cfg, steps)
+    rng, optimizer, state, average = start_run(cfg, has_mass, net.variables,
+                                               net.trainable_variables)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    state = TrainState()
-    if (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, net.variables, optimizer, net.trainable_variables, rng)
-        logger.info("resumed at epoch %d", state.epoch)
-    average = _weight_average(cfg, net.trainable_variables, ckpt)
 
     @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
     def step(images: tf.Tensor, rpn_l: tf.Tensor, rpn_d: tf.Tensor, gt_b: tf.Tensor,
