@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from mammo_scp.decode import DecodeError, DecoderPool, decode_pixels, pixel_module
 from mammo_scp.preprocess import presentation_image
+from tests.support.corpus import rle_panic
 from tests.support.mg import breast_phantom, make_mg
 
 
@@ -21,12 +20,7 @@ def panicking_rle() -> Dataset:
     """Issue 25's image: a 64x64 16-bit RLE image whose second segment's last run crosses
     the end of the frame; pylibjpeg-rle panics (pyo3 PanicException, a BaseException)."""
     ds = make_mg("R", "CC", study_uid=generate_uid(), pixels=np.zeros((64, 64), np.uint16))
-    first = bytes([0x81, 0x03] * 32)
-    second = bytes([0x81, 0x20] * 31 + [0x82, 0x20, 0xFF, 0x20])
-    header = struct.pack("<16L", 2, 64, 64 + len(first), *([0] * 13))
-    ds.PixelData = encapsulate([header + first + second])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = RLELossless
+    rle_panic(ds)
     return ds
 
 
