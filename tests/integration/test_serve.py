@@ -205,8 +205,12 @@ def test_views_sent_one_at_a_time_are_analysed_as_they_arrive(watched_node: Runn
 
     The next view goes out once the node's log says the last one was analysed (a real unit
     takes a minute or so between views), not after a fixed pause: on a loaded machine an
-    analysis can take longer than any pause chosen here."""
+    analysis can take longer than any pause chosen here. The first goes out once the worker
+    process is ready: the SCP answers before it, and a view that arrives before the worker
+    is up is analysed with its study's job, not on arrival."""
     node = watched_node
+    wait_for(lambda: "node ready (workers only" in node.process.output(), 300, interval=0.1,
+             what="the worker process's 'node ready' log line")
     _, paced = mias_mass_study(tmp_path / "paced")
     for n, path in enumerate(paced):
         assert _acknowledged(storescu(node.port, AET, [path])) == 1
