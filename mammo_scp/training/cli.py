@@ -336,13 +336,37 @@ def _source(kind: str, run: Path, weights: str) -> _Source:
                    [_member_record(kind, run, cfg, weights)])
 
 
+#: the run settings that name files: recorded relative to the repository
+PATH_SETTINGS = ("data", "out", "init_weights", "backbone_weights", "encoder_weights",
+                 "hard_negatives")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_relative(path: str, root: Path = REPO_ROOT) -> str:
+    """``path`` as the manifest records it: relative to the repository when absolute
+    (``/srv/x/shared/data`` -> ``../shared/data`` for a checkout at ``/srv/x/main``), so
+    that no machine's paths are shipped."""
+    import os
+
+    return os.path.relpath(path, root) if Path(path).is_absolute() else path
+
+
 def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> dict[str, Any]:
     """How one run was trained: its command, config, the stage before it, its last epochs."""
     state = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
-    return {"command": _command(kind, cfg["train"], cfg["model"]), "config": cfg["train"],
-            "initialised_from": _init_stage(cfg["train"]),
-            **({"hard_negatives": hn} if (hn := _hard_negatives(cfg["train"])) else {}),
-            **({"imagenet_backbone": bb} if (bb := _backbone_source(cfg["train"])) else {}),
+    tcfg = cfg["train"]  # files are read where the run wrote them; paths recorded relative
+    recorded = {k: repo_relative(v) if k in PATH_SETTINGS and isinstance(v, str) else v
+                for k, v in tcfg.items()}
+    init = _init_stage(tcfg)
+    if init is not None:
+        init["weights"] = repo_relative(init["weights"])
+    extras: dict[str, Any] = {}
+    if hn := _hard_negatives(tcfg):
+        extras["hard_negatives"] = {**hn, "file": repo_relative(hn["file"])}
+    if bb := _backbone_source(tcfg):
+        extras["imagenet_backbone"] = {**bb, "file": repo_relative(bb["file"])}
+    return {"command": _command(kind, recorded, cfg["model"]), "config": recorded,
+            "initialised_from": init, **extras,
             "epochs_run": state["epoch"],
             "weights_from": weights, "best_epoch_by_val": state["best_epoch"],
             "history_tail": state["history"][-5:]}

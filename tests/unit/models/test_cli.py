@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammo_scp.models.store import ModelStoreError, load_model
-from mammo_scp.training.cli import add_models_parser
+from mammo_scp.training.cli import add_models_parser, repo_relative
 from mammo_scp.training.recipe import load_init_weights, load_npz
 from tests.support.mg import Patient, add_mass, breast_phantom, make_mg
 
@@ -75,6 +75,17 @@ def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
     split_info = bundle.manifest["training"]["split"]
     assert split_info["by"] == "woman"
     assert set(split_info["train_women"]).isdisjoint(split_info["val_women"])
+    # the run was given absolute paths; the manifest records them relative to the repository
+    recorded = bundle.manifest["training"]["config"]
+    assert not Path(recorded["data"]).is_absolute() and not Path(recorded["out"]).is_absolute()
+    assert f"--data {dicom_folder}" not in bundle.manifest["training"]["command"]
+
+
+def test_paths_are_recorded_relative_to_the_repository(tmp_path):
+    root = tmp_path / "work" / "main"
+    assert repo_relative(str(tmp_path / "work" / "shared" / "data"), root) == "../shared/data"
+    assert repo_relative(str(root / "runs" / "in1"), root) == "runs/in1"
+    assert repo_relative("runs/in1", root) == "runs/in1"
 
 
 
