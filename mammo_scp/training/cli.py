@@ -238,7 +238,9 @@ def _export(args: argparse.Namespace) -> int:
     tcfg, mcfg = sources[0].train, sources[0].model
     for run, source in zip(args.run[1:], sources[1:], strict=True):
         same = {key: (source.train[key], tcfg[key]) for key in
-                ("kind", "data", "model_spacing_mm", "val_fraction", "split_seed")}
+                ("kind", "model_spacing_mm", "val_fraction", "split_seed")}
+        # a shipped member records its data relative to the repository, a run as given
+        same["data"] = (repo_relative(source.train["data"]), repo_relative(tcfg["data"]))
         same["model"] = (source.model, mcfg)
         differ = sorted(key for key, (a, b) in same.items() if a != b)
         if differ:

@@ -187,7 +187,7 @@ def test_training_starts_from_a_shipped_model_folder(dicom_folder, tmp_path):
     record = load_model(tmp_path / "models", "unet", "0.0.2").manifest["training"]
     assert record["initialised_from"]["model"] == "unet 0.0.1"
     assert record["initialised_from"]["training"]["epochs_run"] == 1
-    assert record["command"].endswith(f"--init {shipped}")
+    assert record["command"].endswith(f"--init {repo_relative(str(shipped))}")
     # a corrupt folder is refused, naming the file
     (shipped / "weights.npz").write_bytes(b"not weights")
     with pytest.raises(ModelStoreError, match="weights.npz"):
@@ -267,7 +267,8 @@ def test_hard_negatives_are_mined_on_training_women_and_steer_the_detector(
     assert _run("models", "export", "frcnn", "--run", str(tmp_path / "b"), "--models",
                 str(models), "--version", "0.0.2") == 0
     record = load_model(models, "frcnn", "0.0.2").manifest["training"]
-    assert record["command"].endswith(f"--hard-negatives {mined_path} --hard-negative-prob 0.7")
+    mined_rel = repo_relative(str(mined_path))
+    assert record["command"].endswith(f"--hard-negatives {mined_rel} --hard-negative-prob 0.7")
     assert record["hard_negatives"]["mined_by"] == "frcnn 0.0.1"
     assert record["hard_negatives"]["boxes"] == sum(map(len, mined["images"].values()))
     # mined at another spacing, for the U-Net, or missing: refused
