@@ -312,6 +312,7 @@ def analysis_to_json(analysis: ImageAnalysis) -> dict[str, Any]:
         "findings": [{"box": [f.box.x0, f.box.y0, f.box.x1, f.box.y1], "score": f.score,
                       "p_malignant": f.p_malignant} for f in analysis.findings],
         "timings_ms": analysis.timings_ms,
+        "mass_score": analysis.mass_score,
     }
 
 
@@ -323,6 +324,8 @@ def analysis_from_json(data: dict[str, Any], mask: Any) -> ImageAnalysis:
                        for f in data["findings"]),
         segmenter=ModelInfo(*data["segmenter"]), detector=ModelInfo(*data["detector"]),
         timings_ms=data.get("timings_ms", {}),
+        mass_score=float(data.get("mass_score", max((f["score"] for f in data["findings"]),
+                                                    default=0.0))),
     )
 
 

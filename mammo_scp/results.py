@@ -77,8 +77,13 @@ class ImageAnalysis:
     segmenter: ModelInfo
     detector: ModelInfo
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the detector's highest mass score on the breast, whatever the finding threshold
+    #: (0 where it saw nothing): what the image's breast- and exam-level scores build on
+    mass_score: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.mass_score <= 1.0:
+            raise ValueError(f"mass_score must lie in [0, 1], got {self.mass_score}")
         if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
             raise ValueError(
                 f"mask must be a 2-D boolean array, got {self.mask.dtype} {self.mask.shape}"

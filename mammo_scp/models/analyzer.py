@@ -369,12 +369,13 @@ class Analyzer:
         model_mask = postprocess_mask(prob, self.mask_threshold, self.mask_mode, min_area_px,
                                       reported)
         mask = pre.transform.mask_to_source(model_mask, 0.5)
-        findings = []
+        findings, mass_score = [], 0.0
         for box, score, p_mal in zip(det.boxes, det.scores, det.p_malignant, strict=True):
-            if score < threshold:
-                continue
             in_breast = breast_box(box, pre_det.transform)
             if in_breast is None:
+                continue
+            mass_score = max(mass_score, float(np.clip(score, 0, 1)))
+            if score < threshold:
                 continue
             x0, y0, x1, y1 = in_breast
             findings.append(Finding(Box(float(x0), float(y0), float(x1), float(y1)),
@@ -387,7 +388,7 @@ class Analyzer:
                      timings["total"])
         return ImageAnalysis(sop_instance_uid=sop_uid, mask=mask, findings=tuple(findings),
                              segmenter=self.segmenter_info, detector=self.detector_info,
-                             timings_ms=timings)
+                             timings_ms=timings, mass_score=mass_score)
 
 
 __all__ = ["Analyzer", "Detections", "breast_box", "check_pairing", "fuse_detections",

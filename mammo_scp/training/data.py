@@ -222,10 +222,19 @@ def truth_mask(rec: Record, shape: tuple[int, int]) -> np.ndarray:
     return np.zeros(shape, dtype=np.bool_)
 
 
-def make_sample(rec: Record, model_spacing_mm: float, pad_multiple: int = 32) -> Sample:
-    """Preprocess one record and carry its truth into model space."""
+def make_sample(rec: Record, model_spacing_mm: float, pad_multiple: int = 32,
+                look_rng: np.random.Generator | None = None) -> Sample:
+    """Preprocess one record and carry its truth into model space. ``look_rng``: render a
+    film record as a digital mammogram first (:func:`mammo_scp.training.looks.digital_look`,
+    settings drawn from it), then preprocess that as the node would."""
+    if look_rng is not None and rec.spacing_mm is None:
+        raise ValueError(f"{rec.key}: only film records (PNG) can be rendered in another look")
     if rec.spacing_mm is not None:
         src = read_source(rec)
+        if look_rng is not None:
+            from mammo_scp.training.looks import digital_look
+
+            src = digital_look(src, rec.spacing_mm, look_rng)
         pre = preprocess_array(src, rec.spacing_mm, model_spacing_mm=model_spacing_mm,
                                laterality=rec.laterality, pad_multiple=pad_multiple)
     else:

@@ -54,6 +54,8 @@ class TrainConfig:
     backbone_weights: str | None = None  # detector: ImageNet ResNet50 (models backbone)
     encoder_weights: str | None = None  # U-Net decoder: the detector whose backbone it reads
     ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
+    digital_look: float = 0.0  # share of draws shown as a digital mammogram (training.looks)
+    digital_variants: int = 2  # renderings of each training image in the digital look
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,19 +102,40 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int, **adam: Any) -> keras.opti
     return keras.optimizers.Adam(learning_rate=schedule, clipnorm=5.0, **adam)
 
 
+@dataclass(frozen=True)
+class Looks:
+    """Other renderings of the training images (e.g. as digital mammograms): per sample, its
+    variants (the same lesions, each preprocessed as the node would), and the masses cut
+    from them, inserted only into images of the same look."""
+
+    variants: Sequence[Sequence[Triple]]
+    patches: list[aug.MassPatch]
+
+
 def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfig,
                   rng: np.random.Generator, patches: list[aug.MassPatch],
-                  hard: Sequence[np.ndarray | None] | None = None) -> list[aug.Example]:
+                  hard: Sequence[np.ndarray | None] | None = None,
+                  looks: Looks | None = None) -> list[aug.Example]:
     """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
     augmented first, then all cut: the order the random numbers are drawn in).
 
     ``hard``: per sample, the masks of its hard negatives (or None), for windows centred on
-    them (``cfg.hard_negative_prob``).
+    them (``cfg.hard_negative_prob``). ``looks``: with ``cfg.digital_look`` > 0, that share
+    of the draws takes one of the sample's variants instead (no hard negatives there: they
+    were mined on the sample as it is).
     """
-    examples = [aug.augment(image, masks, labels, cfg.train_shape, rng, patches=patches,
-                            spacing_mm=cfg.model_spacing_mm, insert_prob=cfg.insert_prob,
-                            scale=cfg.scale, hard_regions=None if hard is None else hard[i])
-                for i, (image, masks, labels) in ((i, samples[i]) for i in idx)]
+    examples = []
+    for i in idx:
+        image, masks, labels = samples[i]
+        pool, hard_i = patches, (None if hard is None else hard[i])
+        if looks is not None and cfg.digital_look > 0 and rng.random() < cfg.digital_look:
+            variants = looks.variants[i]
+            image, masks, labels = variants[int(rng.integers(len(variants)))]
+            pool, hard_i = looks.patches, None
+        examples.append(aug.augment(image, masks, labels, cfg.train_shape, rng, patches=pool,
+                                    spacing_mm=cfg.model_spacing_mm,
+                                    insert_prob=cfg.insert_prob, scale=cfg.scale,
+                                    hard_regions=hard_i))
     if cfg.crop is not None:
         examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob,
                                     cfg.hard_negative_prob) for e in examples]
@@ -149,5 +172,5 @@ def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra
         {"train": {**asdict(cfg), **extra}, "model": model_cfg}, indent=2))
 
 
-__all__ = ["TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights", "load_npz",
+__all__ = ["Looks", "TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights", "load_npz",
            "make_examples", "mass_patches", "optimizer", "save_npz", "write_config"]

@@ -37,8 +37,15 @@ from mammo_scp.models.unet import (
     segmentation_loss,
 )
 from mammo_scp.training import augment as aug
-from mammo_scp.training.data import Sample, load_records, load_samples, split_by_woman
+from mammo_scp.training.data import (
+    Sample,
+    load_records,
+    load_samples,
+    make_sample,
+    split_by_woman,
+)
 from mammo_scp.training.recipe import (
+    Looks,
     TrainConfig,
     TrainState,
     Triple,
@@ -80,6 +87,24 @@ def prepare(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[aug.Mass
     train = load_samples(train_recs, cfg.model_spacing_mm)
     val = load_samples(val_recs, cfg.model_spacing_mm)
     return train, val, mass_patches(training_triples(train)[0])
+
+
+def digital_looks(cfg: TrainConfig, train: list[Sample]) -> Looks | None:
+    """``cfg.digital_variants`` renderings of each training image as a digital mammogram
+    (settings drawn from the run's seed and the image's place), when ``cfg.digital_look``."""
+    if cfg.digital_look <= 0:
+        return None
+    t0 = time.time()
+    variants = [[training_triples([make_sample(s.record, cfg.model_spacing_mm,
+                                               look_rng=np.random.default_rng(
+                                                   [cfg.seed, 7919, i, k]))])[0][0]
+                 for k in range(cfg.digital_variants)]
+                for i, s in enumerate(train)]
+    looks = Looks(variants, mass_patches([t for per in variants for t in per]))
+    logger.info("digital look: %d renderings of each of %d images, %d masses to insert, in "
+                "%.0f s; %.0f %% of draws", cfg.digital_variants, len(train),
+                len(looks.patches), time.time() - t0, 100 * cfg.digital_look)
+    return looks
 
 
 def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
@@ -258,6 +283,7 @@ def train_unet(cfg: TrainConfig) -> Path:
         shipped.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
     triples, has_mass = training_triples(train)
+    looks = digital_looks(cfg, train)
     rng, optimizer, state, average = start_run(cfg, has_mass, list(model.variables),
                                                model.trainable_variables)
     out = Path(cfg.out)
@@ -283,7 +309,8 @@ def train_unet(cfg: TrainConfig) -> Path:
         bar = tqdm(range(0, len(order), cfg.batch), desc=f"unet epoch {state.epoch + 1}",
                    mininterval=5.0, leave=False)
         for start in bar:
-            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches)
+            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches,
+                               looks=looks)
             x = np.stack([e.image for e in ex])[..., None]
             y = np.stack([e.mask for e in ex])[..., None]
             loss, _ = step(tf.constant(x), tf.constant(y))
@@ -423,6 +450,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
     anchors = make_anchors(frc, window[0] // frc.stride, window[1] // frc.stride)
     triples, has_mass = training_triples(train)
     hard = hard_negative_masks(cfg, train) if cfg.hard_negatives else None
+    looks = digital_looks(cfg, train)
     rng, optimizer, state, average = start_run(cfg, has_mass, net.variables,
                                                net.trainable_variables)
     out = Path(cfg.out)
@@ -451,7 +479,8 @@ def train_frcnn(cfg: TrainConfig) -> Path:
                    mininterval=5.0, leave=False)
         n = 0
         for start in bar:
-            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches, hard)
+            ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches, hard,
+                               looks)
             batch = frcnn_batch(ex, frc, anchors, rng)
             seed = rng.integers(0, 2**31 - 1, size=2).astype(np.int32)
             parts = step(*(tf.constant(a) for a in batch), tf.constant(seed))

@@ -53,6 +53,32 @@ def test_mias_sample_carries_the_circle_into_model_space(mias_dir):
     assert abs(centre[0] - les.x) < 4 and abs(centre[1] - les.y) < 4
 
 
+def test_a_film_rendered_digital_keeps_its_mass_where_it_was(mias_dir):
+    rec = next(r for r in load_mias(mias_dir) if r.key == "mdb010")
+    film = make_sample(rec, 0.8)
+    digital = make_sample(rec, 0.8, look_rng=np.random.default_rng(3))
+    again = make_sample(rec, 0.8, look_rng=np.random.default_rng(3))
+    assert np.array_equal(digital.image, again.image)
+    assert digital.source.dtype == np.uint16 and digital.source.max() > 255  # 12-bit
+    assert not np.allclose(digital.image[:film.image.shape[0], :film.image.shape[1]],
+                           film.image[:digital.image.shape[0], :digital.image.shape[1]],
+                           atol=0.05)
+    for sample in (film, digital):
+        ys, xs = np.nonzero(sample.lesion_masks[0] >= 0.5)
+        centre = sample.transform.to_source(np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
+        assert abs(centre[0] - rec.lesions[0].x) < 4 and abs(centre[1] - rec.lesions[0].y) < 4
+
+
+def test_only_film_records_take_another_look(tmp_path):
+    study = generate_uid()
+    ds = make_mg("R", "CC", study_uid=study, pixels=breast_phantom(256, 208, "R", seed=4),
+                 patient=Patient(patient_id="W1"))
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    rec = load_records(tmp_path)[0]
+    with pytest.raises(ValueError, match="only film records"):
+        make_sample(rec, 0.8, look_rng=np.random.default_rng(0))
+
+
 def test_dicom_folder_layout_with_sidecars(tmp_path):
     study = generate_uid()
     pixels = add_mass(breast_phantom(256, 208, "R", seed=4), (120, 60), 12)

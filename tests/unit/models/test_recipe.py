@@ -7,7 +7,14 @@ from collections import Counter
 import numpy as np
 
 from mammo_scp.training.data import BENIGN
-from mammo_scp.training.recipe import TrainConfig, epoch_order, load_npz, make_examples, save_npz
+from mammo_scp.training.recipe import (
+    Looks,
+    TrainConfig,
+    epoch_order,
+    load_npz,
+    make_examples,
+    save_npz,
+)
 
 
 def _cfg(**kw: object) -> TrainConfig:
@@ -41,6 +48,27 @@ def test_examples_are_cut_to_the_window_and_drawn_from_the_seed():
     whole = make_examples(samples, [0], _cfg(train_shape=(128, 96), model_spacing_mm=0.4),
                           np.random.default_rng(5), [])
     assert whole[0].image.shape == (128, 96)
+
+
+def test_the_digital_look_takes_its_share_of_the_draws_and_nothing_without_it():
+    rng = np.random.default_rng(0)
+    film = rng.random((64, 48)).astype(np.float32) * 0.5  # film images in [0, 0.5)
+    digital = 0.5 + rng.random((64, 48)).astype(np.float32) * 0.5  # variants in [0.5, 1)
+    empty = np.zeros((0, 64, 48), np.float32)
+    samples = [(film, empty, [])] * 2
+    looks = Looks([[(digital, empty, [])]] * 2, [])
+    cfg = _cfg(train_shape=(64, 48), model_spacing_mm=0.4, insert_prob=0.0, digital_look=0.5)
+
+    def shown(cfg: TrainConfig, looks: Looks | None) -> list[bool]:
+        out = make_examples(samples, [0, 1] * 100, cfg, np.random.default_rng(7), [],
+                            looks=looks)
+        return [float(e.image[e.image > 0].mean()) > 0.45 for e in out]
+
+    digital_share = np.mean(shown(cfg, looks))
+    assert 0.35 < digital_share < 0.65
+    assert not any(shown(_cfg(train_shape=(64, 48), model_spacing_mm=0.4, insert_prob=0.0),
+                         looks))
+    assert not any(shown(cfg, None))
 
 
 def test_weights_round_trip_and_no_temporary_file_is_left(tmp_path):
