@@ -170,6 +170,9 @@ class EvalResult:
     findings_per_image: float = 0.0
     threshold_at_half_fp: float | None = None  # lowest score giving <= 0.5 FP per image
     bootstrap: dict[str, Any] | None = None  # bootstrap_by_woman of the floor figures
+    # per image: its key, woman, laterality, truth and the detector's scores, for choosing
+    # breast- and exam-level thresholds (mammo_scp.assessment)
+    images: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "n_mass_images": self.n_mass_images,
@@ -183,7 +186,7 @@ class EvalResult:
                 "normal_images_marked": self.normal_images_marked,
                 "findings_per_image": self.findings_per_image,
                 "threshold_at_half_fp": self.threshold_at_half_fp,
-                "bootstrap": self.bootstrap}
+                "bootstrap": self.bootstrap, "images": self.images}
 
 
 def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
@@ -227,6 +230,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
     mal_labels, mal_scores, mass_labels, mass_scores = [], [], [], []
     dices, ious = [], []
     dice_per_image: dict[str, float] = {}
+    images: list[dict[str, Any]] = []
     image_dices: list[float | None] = []
     normal_with_mask = normal_marked = reported = 0
     default = float(getattr(analyzer, "score_threshold", 0.5))
@@ -248,6 +252,10 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         mass_labels.append(int(rec.is_mass))
         mass_scores.append(max([f.score for f in result.findings], default=0.0))
         shown = sum(f.score >= default for f in result.findings)
+        images.append({"key": rec.key, "woman": rec.woman, "laterality": rec.laterality,
+                       "mass": bool(rec.is_mass), "malignant": bool(rec.is_malignant),
+                       "mass_score": mass_scores[-1], "malignancy_score": mal_scores[-1],
+                       "findings": shown, "mask": bool(result.mask.any())})
         reported += shown
         if rec.is_mass:
             d, j = dice_iou(truth_mask(rec, src.shape[:2]), result.mask)
@@ -273,7 +281,8 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
         n_normal_images=sum(not r.is_mass for r in records), normal_images_marked=normal_marked,
         findings_per_image=reported / max(len(records), 1),
         threshold_at_half_fp=threshold_for_rate(per_image, 0.5),
-        bootstrap=bootstrap_by_woman(per_image, image_dices, [r.woman for r in records]))
+        bootstrap=bootstrap_by_woman(per_image, image_dices, [r.woman for r in records]),
+        images=images)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))
