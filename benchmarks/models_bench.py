@@ -37,6 +37,8 @@ from tests.support.mg import add_mass, breast_phantom, make_mg  # noqa: E402
 
 logger = logging.getLogger("models_bench")
 MIAS = REPO.parent / "shared" / "data" / "mias-train" / "mdb006.png"
+#: a mini-MIAS image with a mass (the detector reports it): a study's view with a finding
+MIAS_MASS = REPO.parent / "shared" / "data" / "mias-train" / "mdb005.png"
 
 
 def graph_flops(fn: Any, shape: tuple[int, ...]) -> float:
@@ -82,6 +84,42 @@ def inputs() -> dict[str, tuple[np.ndarray, float]]:
     return out
 
 
+def study_inputs() -> dict[str, tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]]:
+    """Per image kind, a view without a mass and one with a mass: a 4-view study with one
+    mass is three of the first and one of the second."""
+    import cv2
+
+    out = {}
+    normal = cv2.imread(str(MIAS), cv2.IMREAD_GRAYSCALE) if MIAS.is_file() else None
+    mass = cv2.imread(str(MIAS_MASS), cv2.IMREAD_GRAYSCALE) if MIAS_MASS.is_file() else None
+    if normal is not None and mass is not None:
+        out["mini-MIAS"] = ((np.asarray(normal), 0.2), (np.asarray(mass), 0.2))
+    out["FFDM 4096x3328"] = ((breast_phantom(4096, 3328, "R", seed=2), 0.07),
+                             (add_mass(breast_phantom(4096, 3328, "R", seed=1), (2000, 800),
+                                       110), 0.07))
+    return out
+
+
+def study_times(an: Analyzer, repeat: int) -> dict[str, Any]:
+    """Model time of a 4-view study with one mass (3 views without, 1 with), per image
+    kind: where the U-Net runs only around findings, a view without one costs the
+    detector alone."""
+    out: dict[str, Any] = {}
+    for name, views in study_inputs().items():
+        per_view = []
+        for pixels, spacing in views:
+            runs = [an.analyze_array(pixels, spacing) for _ in range(max(3, repeat // 2))][1:]
+            per_view.append({
+                "analyze_ms": round(float(np.median([r.timings_ms["total"] for r in runs])), 1),
+                "unet_ms": round(float(np.median([r.timings_ms["unet"] for r in runs])), 1),
+                "frcnn_ms": round(float(np.median([r.timings_ms["frcnn"] for r in runs])), 1),
+                "findings": len(runs[-1].findings)})
+        out[name] = {"view_without_mass": per_view[0], "view_with_mass": per_view[1],
+                     "four_view_study_one_mass_ms": round(
+                         3 * per_view[0]["analyze_ms"] + per_view[1]["analyze_ms"], 1)}
+    return out
+
+
 def dicom_preprocessing(image: tuple[np.ndarray, float], model_spacing_mm: float,
                         repeat: int) -> dict[str, float]:
     """What a site's image costs before the models: the same full-field phantom as a
@@ -112,6 +150,9 @@ def bench(models: Path, repeat: int, precisions: tuple[str, ...] = ("fp32", "bf1
     flags = cpu_flags()
     report: dict[str, Any] = {
         "cpu": {"model": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
+                # oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 or
+                # AMX machine's convolutions as a plain AVX2 server would)
+                "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(none)"),
                 "flags": {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512_bf16",
                                                    "amx_tile", "amx_bf16")}},
         "matmul_gflops": {}, "precisions": {}}
@@ -172,6 +213,7 @@ def bench(models: Path, repeat: int, precisions: tuple[str, ...] = ("fp32", "bf1
                 "unet_gflops_per_s": round(unet_flops / unet_ms / 1e6, 2),
                 "frcnn_gflops_per_s": round(det_flops / det_ms / 1e6, 2),
             }
+        per["study"] = study_times(an, repeat)
         report["precisions"][precision] = per
     report["full_field_dicom_ms"] = dicom_preprocessing(images["FFDM 4096x3328 @0.07mm"],
                                                         analyzers["fp32"].spacing_mm, repeat)

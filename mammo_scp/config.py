@@ -172,7 +172,16 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     models_dir: Path = SHIPPED_MODELS
     inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # the operating point: None takes the shipped detector's (its manifest's finding_score)
+    finding_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # which U-Net regions become the SEG: "model" as the shipped U-Net's manifest says;
+    # "with_finding" only regions touching a reported finding (the U-Net then runs only
+    # around findings: a view without one costs the detector alone)
+    mask_mode: Literal["model", "largest", "with_finding"] = "model"
     cad_sr: bool = False
+    #: below it a breast's or exam's score is "low"; None: the detector manifest's
+    #: assessment_low (mammo_scp.assessment.detector_thresholds)
+    assessment_low: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("database_url")
     @classmethod

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from mammo_scp.assessment import Thresholds, detector_thresholds
 from mammo_scp.config import Settings
 from mammo_scp.db import Database, upgrade
 from mammo_scp.http import HttpStartError, NodeState, start_http
@@ -66,16 +67,37 @@ def load_models(settings: Settings) -> Analyzer | None:
     from mammo_scp.warmup import warm_up
 
     try:
-        analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision)
+        analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision,
+                                 finding_threshold=settings.finding_threshold,
+                                 mask_mode=None if settings.mask_mode == "model"
+                                 else settings.mask_mode)
     except ModelStoreError as exc:
         raise StartupError(f"cannot load the models: {exc}") from exc
     started = time.perf_counter()
     warm_up(analyzer)  # the first study then runs as fast as the rest
-    logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s, %s)",
+    logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s, %s); finding "
+                "threshold %.3f (%s), mask mode %s (%s)",
                 time.perf_counter() - started, analyzer.segmenter_info.name,
                 analyzer.segmenter_info.version, analyzer.detector_info.name,
-                analyzer.detector_info.version, analyzer.precision, analyzer.precision_reason)
+                analyzer.detector_info.version, analyzer.precision, analyzer.precision_reason,
+                analyzer.score_threshold,
+                "the detector's" if settings.finding_threshold is None else "configured",
+                analyzer.mask_mode,
+                "the segmenter's" if settings.mask_mode == "model" else "configured")
     return analyzer
+
+
+def assessment_thresholds(analyzer: Analyzer | None, settings: Settings) -> Thresholds | None:
+    """The breast and exam assessment's thresholds: the detector's finding threshold, and
+    ``assessment_low`` from the settings, else from the detector's manifest."""
+    if analyzer is None:
+        return None
+    try:
+        return detector_thresholds(analyzer.score_threshold, analyzer.frcnn_bundle.thresholds,
+                                   settings.assessment_low)
+    except ValueError as exc:
+        raise StartupError(f"{exc}: set assessment_low lower, or leave it out to use the "
+                           f"detector's") from exc
 
 
 def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
@@ -111,7 +133,8 @@ def run(settings: Settings, *, with_scp: bool, pipeline: Pipeline | None = None,
             if analyzer is not None and (with_scp or parent is not None):
                 prefetcher = Prefetcher(analyzer)  # only where arrivals are heard: not `work`
             pipeline = default_pipeline(analyzer, cad_sr=settings.cad_sr, gsps=settings.gsps,
-                                        prefetcher=prefetcher)
+                                        prefetcher=prefetcher,
+                                        assessment=assessment_thresholds(analyzer, settings))
         state.models_loaded = True
         workers = Workers(settings, db, spool, pipeline, prefetcher=prefetcher)
         instances_arrived = workers.instances_arrived.notify

@@ -37,7 +37,7 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 PAD_MULTIPLE = 32
 #: The IoU at which two member detectors' boxes count as one finding (an ensemble's fusion).
 FUSION_IOU = 0.3
-MASK_MODES = ("all", "largest", "with_finding")
+MASK_MODES = ("all", "largest", "with_finding", "finding_or_confident")
 #: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -72,30 +72,79 @@ def resolve_precision(setting: str, flags: set[str] | None = None) -> tuple[str,
     return "fp32", "auto: the CPU has neither AMX nor AVX512_BF16"
 
 
-def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
-                     boxes: np.ndarray) -> np.ndarray:
-    """Model-space mask from the U-Net map: drop small regions and, per ``mode``, keep all
-    regions, only the largest, or only those touching a reported finding's box."""
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+def mask_regions(prob: np.ndarray, threshold: float, min_area_px: float
+                 ) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """The U-Net map's regions at ``threshold`` of at least ``min_area_px``: the label image
+    and, per region, its label and peak probability, the largest region first."""
     binary = (prob >= threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    keep = np.zeros(n, dtype=bool)
-    for i in range(1, n):
-        keep[i] = stats[i, cv2.CC_STAT_AREA] >= min_area_px
-    if mode == "largest" and keep.any():
-        areas = np.where(keep, stats[:, cv2.CC_STAT_AREA], -1)
-        keep[:] = False
-        keep[int(np.argmax(areas))] = True
-    elif mode == "with_finding":
-        touched = np.zeros(n, dtype=bool)
+    regions = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
+    regions.sort(key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    peaks = [(i, float(prob[labels == i].max())) for i in regions]
+    return labels, peaks
+
+
+def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
+                     boxes: np.ndarray, confident: float = 1.0) -> np.ndarray:
+    """Model-space mask from the U-Net map: drop small regions and, per ``mode``, keep all
+    regions, only the largest, only those touching a reported finding's box, or those and
+    also the largest when its peak probability reaches ``confident``
+    (``finding_or_confident``: the segmenter confident on its own)."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+    labels, peaks = mask_regions(prob, threshold, min_area_px)
+    keep = np.zeros(int(labels.max()) + 1, dtype=bool)
+    if mode == "all":
+        keep[[i for i, _ in peaks]] = True
+    elif mode == "largest" and peaks:
+        keep[peaks[0][0]] = True
+    elif mode in ("with_finding", "finding_or_confident"):
+        candidates = {i for i, _ in peaks}
         for x0, y0, x1, y1 in boxes:
             r0, r1 = max(int(np.floor(y0)), 0), max(int(np.ceil(y1)), 0)
             c0, c1 = max(int(np.floor(x0)), 0), max(int(np.ceil(x1)), 0)
-            touched[np.unique(labels[r0:r1, c0:c1])] = True
-        keep &= touched
+            keep[[i for i in np.unique(labels[r0:r1, c0:c1]) if i in candidates]] = True
+        if mode == "finding_or_confident" and peaks and peaks[0][1] >= confident:
+            keep[peaks[0][0]] = True
     keep[0] = False
     return np.asarray(keep[labels], dtype=np.float32)
+
+
+#: Context (model pixels) around a reported finding's box that the U-Net sees when it runs
+#: only where the detector found something (mask mode ``with_finding``): 64 px at 0.4 mm is
+#: 26 mm, past the receptive field that decides a pixel inside the box.
+WINDOW_MARGIN_PX = 64
+
+
+def finding_windows(boxes: np.ndarray, shape: tuple[int, int], margin: int = WINDOW_MARGIN_PX,
+                    multiple: int = PAD_MULTIPLE) -> list[tuple[int, int, int, int]]:
+    """Windows ``(row0, col0, row1, col1)`` of a model-space image of ``shape`` that cover
+    each box with ``margin`` around it, their corners on multiples of ``multiple`` (where
+    the U-Net's poolings line up with the whole image's); overlapping windows are merged."""
+    rows, cols = shape
+    windows: list[list[int]] = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        r0 = max(0, int(np.floor((y0 - margin) / multiple)) * multiple)
+        c0 = max(0, int(np.floor((x0 - margin) / multiple)) * multiple)
+        r1 = min(rows, int(np.ceil((y1 + margin) / multiple)) * multiple)
+        c1 = min(cols, int(np.ceil((x1 + margin) / multiple)) * multiple)
+        if r1 > r0 and c1 > c0:
+            windows.append([r0, c0, r1, c1])
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(windows)):
+            for j in range(i + 1, len(windows)):
+                a, b = windows[i], windows[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    windows[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
+                                  max(a[3], b[3])]
+                    del windows[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [(r0, c0, r1, c1) for r0, c0, r1, c1 in windows]
 
 
 #: A detection is dropped when less than this share of its box lies on the image the
@@ -203,7 +252,10 @@ def check_pairing(unet: ModelBundle, frcnn: ModelBundle) -> None:
 class Analyzer:
     """Both shipped models, ready to analyse images; safe to call from several threads."""
 
-    def __init__(self, unet: ModelBundle, frcnn: ModelBundle, precision: str = "fp32") -> None:
+    def __init__(self, unet: ModelBundle, frcnn: ModelBundle, precision: str = "fp32",
+                 finding_threshold: float | None = None, mask_mode: str | None = None) -> None:
+        """``finding_threshold`` and ``mask_mode``: the site's operating point, in place of
+        the manifests' ``finding_score`` and ``mask_mode``."""
         #: What runs (fp32 or bf16; ``auto`` resolved by :func:`resolve_precision`), and why.
         self.precision, self.precision_reason = resolve_precision(precision)
         self.unet_bundle = unet
@@ -234,11 +286,17 @@ class Analyzer:
         self.spacing_mm = unet.spacing_mm
         self.detector_spacing_mm = frcnn.spacing_mm
         self.mask_threshold = float(unet.thresholds.get("mask", 0.5))
-        self.mask_mode = str(unet.thresholds.get("mask_mode", "all"))
+        self.mask_mode = mask_mode or str(unet.thresholds.get("mask_mode", "all"))
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
         self.mask_min_area_mm2 = float(unet.thresholds.get("mask_min_area_mm2", 0.0))
+        # finding_or_confident: the peak probability at which the U-Net's largest region is
+        # shown without a finding
+        self.mask_confident = float(unet.thresholds.get("mask_confident", 1.0))
         # test-time augmentation: average the U-Net over the image and its up/down mirror
         self.mask_tta = bool(unet.thresholds.get("tta_vflip", 0.0))
-        self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5))
+        self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5)
+                                     if finding_threshold is None else finding_threshold)
         self._lock = threading.Lock()
         self.fusion_iou = float(frcnn.thresholds.get("fusion_iou", FUSION_IOU))
         # a batch of one, or of two with the mirror (one call: 6-12 % faster in bf16, the
@@ -257,10 +315,11 @@ class Analyzer:
         self.detector_info = ModelInfo(frcnn.name, frcnn.version)
 
     @classmethod
-    def load(cls, models_dir: Path, precision: str = "fp32") -> Analyzer:
+    def load(cls, models_dir: Path, precision: str = "fp32",
+             finding_threshold: float | None = None, mask_mode: str | None = None) -> Analyzer:
         """Load and verify ``models_dir/unet`` and ``models_dir/frcnn`` (latest versions)."""
         return cls(load_model(Path(models_dir), "unet"), load_model(Path(models_dir), "frcnn"),
-                   precision)
+                   precision, finding_threshold, mask_mode)
 
     # -- model calls ----------------------------------------------------------------------------
 
@@ -280,6 +339,15 @@ class Analyzer:
                 prob = (out[0] + out[1, ::-1]) / 2.0 if self.mask_tta else out[0]
                 maps.append(prob)
         return maps[0] if len(maps) == 1 else np.asarray(np.mean(maps, axis=0), np.float32)
+
+    def segment_windows(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The U-Net's map of a model-space image on the windows around ``boxes`` only
+        (:func:`finding_windows`), 0 elsewhere: what mask mode ``with_finding`` keeps, at a
+        fraction of the whole image's cost."""
+        prob = np.zeros(image.shape, np.float32)
+        for r0, c0, r1, c1 in finding_windows(boxes, image.shape):
+            prob[r0:r1, c0:c1] = self.segment(image[r0:r1, c0:c1])
+        return prob
 
     def detect(self, image: np.ndarray) -> Detections:
         """Detector boxes, mass scores and malignancy probabilities in model pixels; the
@@ -347,11 +415,31 @@ class Analyzer:
                                        pad_multiple=PAD_MULTIPLE)
         return self._run(pre, pre_det, sop_uid, t0, score_threshold)
 
+    def _reported_boxes(self, det: Detections, pre: Preprocessed, pre_det: Preprocessed
+                        ) -> np.ndarray:
+        """The boxes of the findings reported at the default threshold, in the U-Net's
+        model space (the detector's boxes carried there via source pixels where the two
+        models take different spacings)."""
+        reported = det.boxes[det.scores >= self.score_threshold]
+        if pre_det is pre:
+            return reported
+        corners = [pre.transform.from_source(pre_det.transform.box_to_source(b).reshape(2, 2))
+                   for b in reported]
+        return np.array([[c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
+                         for c in corners]).reshape(-1, 4)
+
     def _run(self, pre: Preprocessed, pre_det: Preprocessed, sop_uid: str, t0: float,
              score_threshold: float | None) -> ImageAnalysis:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         t1 = time.perf_counter()
-        if pre_det is pre:
+        gated = self.mask_mode == "with_finding" and not self.shared_backbone
+        if gated:  # the detector first; the U-Net only around what it reports
+            det = self.detect(pre_det.image)
+            t2 = time.perf_counter()
+            reported = self._reported_boxes(det, pre, pre_det)
+            prob = self.segment_windows(pre.image, reported)
+            model_ms = {"frcnn": (t2 - t1) * 1e3, "unet": (time.perf_counter() - t2) * 1e3}
+        elif pre_det is pre:
             prob, det, model_ms = self.segment_and_detect(pre.image)
         else:
             prob = self.segment(pre.image)
@@ -359,15 +447,11 @@ class Analyzer:
             det = self.detect(pre_det.image)
             model_ms = {"unet": (t2 - t1) * 1e3, "frcnn": (time.perf_counter() - t2) * 1e3}
         t3 = time.perf_counter()
-        reported = det.boxes[det.scores >= self.score_threshold]
-        if pre_det is not pre:  # detector boxes into the U-Net's model space, via source pixels
-            corners = [pre.transform.from_source(pre_det.transform.box_to_source(b).reshape(2, 2))
-                       for b in reported]
-            reported = np.array([[c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
-                                 for c in corners]).reshape(-1, 4)
+        if not gated:
+            reported = self._reported_boxes(det, pre, pre_det)
         min_area_px = self.mask_min_area_mm2 / self.spacing_mm ** 2
         model_mask = postprocess_mask(prob, self.mask_threshold, self.mask_mode, min_area_px,
-                                      reported)
+                                      reported, self.mask_confident)
         mask = pre.transform.mask_to_source(model_mask, 0.5)
         findings, mass_score = [], 0.0
         for box, score, p_mal in zip(det.boxes, det.scores, det.p_malignant, strict=True):
@@ -391,5 +475,5 @@ class Analyzer:
                              timings_ms=timings, mass_score=mass_score)
 
 
-__all__ = ["Analyzer", "Detections", "breast_box", "check_pairing", "fuse_detections",
-           "postprocess_mask"]
+__all__ = ["Analyzer", "Detections", "breast_box", "check_pairing", "finding_windows",
+           "fuse_detections", "mask_regions", "postprocess_mask"]

@@ -120,6 +120,17 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     mn.add_argument("--per-image", type=int, default=5)
     mn.set_defaults(func=_mine)
 
+    mc = sub.add_parser("mask-confidence",
+                        help="choose the U-Net's peak probability from which its largest "
+                             "region is shown without a finding (mask mode "
+                             "finding_or_confident), on the validation women")
+    mc.add_argument("--data", type=Path, required=True)
+    mc.add_argument("--models", type=Path, required=True)
+    mc.add_argument("--max-normal", type=int, default=2,
+                    help="at most this many normal images without a finding get a mask")
+    mc.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    mc.set_defaults(func=_mask_confidence)
+
     ev = sub.add_parser("evaluate", help="FROC, AUC, Dice and IoU on the validation women")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--models", type=Path, required=True)
@@ -540,20 +551,45 @@ def _mine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from mammo_scp.models.analyzer import Analyzer
-    from mammo_scp.models.store import update_manifest
+def _validation_records(analyzer: Any, data: Path, every: bool = False
+                        ) -> tuple[list[Any], str]:
+    """The records of ``data`` the evaluation takes: the validation women of the U-Net's
+    manifest split, or all (``every``, or where none of them is in ``data``)."""
     from mammo_scp.training.data import load_records
-    from mammo_scp.training.evaluate import evaluate
 
-    analyzer = Analyzer.load(args.models, args.precision)
-    records = load_records(args.data)
-    scope = "all images"
-    if not args.all:
+    records = load_records(data)
+    if not every:
         val = set(analyzer.unet_bundle.manifest["training"]["split"]["val_images"])
         held = [r for r in records if r.key in val]
         if held:
-            records, scope = held, "validation women of the manifest split"
+            return held, "validation women of the manifest split"
+    return records, "all images"
+
+
+def _mask_confidence(args: argparse.Namespace) -> int:
+    from mammo_scp.models.analyzer import Analyzer
+    from mammo_scp.training.evaluate import choose_mask_confidence
+
+    analyzer = Analyzer.load(args.models)
+    records, scope = _validation_records(analyzer, args.data)
+    chosen = {**choose_mask_confidence(records, analyzer, args.max_normal), "scope": scope,
+              "models": {"unet": analyzer.segmenter_info.version,
+                         "frcnn": analyzer.detector_info.version}}
+    text = json.dumps(chosen, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mammo_scp.models.analyzer import Analyzer
+    from mammo_scp.models.store import update_manifest
+    from mammo_scp.training.evaluate import evaluate
+
+    analyzer = Analyzer.load(args.models, args.precision)
+    records, scope = _validation_records(analyzer, args.data, args.all)
     if args.look != "film" and args.update_manifests:
         print("error: the manifests keep the figures of the images as they are (--look film)",
               file=sys.stderr)

@@ -210,6 +210,44 @@ def plot_froc(fp: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def choose_mask_confidence(records: Sequence[Any], analyzer: Any, max_normal: int = 2
+                           ) -> dict[str, Any]:
+    """The peak probability from which the U-Net's largest region is shown on its own (mask
+    mode ``finding_or_confident``): the lowest of the largest regions' peaks at which at
+    most ``max_normal`` of the images without a mass and without a reported finding get a
+    mask. Also returns each image's peak and whether a finding was reported on it.
+    """
+    from mammo_scp.models.analyzer import mask_regions
+    from mammo_scp.preprocess import FlipMode, preprocess_array
+    from mammo_scp.training.data import read_source
+
+    rows = []
+    min_area_px = analyzer.mask_min_area_mm2 / analyzer.spacing_mm ** 2
+    for rec in records:
+        pre = preprocess_array(read_source(rec), rec.spacing_mm,
+                               model_spacing_mm=analyzer.spacing_mm, laterality=rec.laterality,
+                               flip=FlipMode.AUTO, pad_multiple=32)
+        if analyzer.detector_spacing_mm != analyzer.spacing_mm:
+            raise ValueError("choose_mask_confidence needs both models at one spacing")
+        det = analyzer.detect(pre.image)
+        _, peaks = mask_regions(analyzer.segment(pre.image), analyzer.mask_threshold,
+                                min_area_px)
+        rows.append({"key": rec.key, "mass": bool(rec.is_mass),
+                     "finding": bool((det.scores >= analyzer.score_threshold).any()),
+                     "largest_peak": peaks[0][1] if peaks else 0.0})
+    alone = sorted((r["largest_peak"] for r in rows
+                    if not r["mass"] and not r["finding"] and r["largest_peak"] > 0),
+                   reverse=True)
+    # shown where peak >= c: the lowest peak that lets at most max_normal of them through
+    # (just above the highest where none may pass; the mask threshold where none has a region)
+    confident = next((c for c in sorted(set(alone)) if sum(p >= c for p in alone) <= max_normal),
+                     float(np.nextafter(alone[0], 2.0)) if alone else analyzer.mask_threshold)
+    return {"mask_confident": confident, "max_normal": max_normal,
+            "normal_without_finding_masked": sum(p >= confident for p in alone),
+            "normal_without_finding": sum(not r["mass"] and not r["finding"] for r in rows),
+            "images": rows}
+
+
 def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
              title: str = "FROC", look: str = "film") -> EvalResult:
     """Run the analyzer on every record (mini-MIAS layout) and compute all figures.

@@ -29,6 +29,15 @@ def test_file_then_environment(tmp_path: Path) -> None:
     assert 'port = 11113' in render_settings(settings)
 
 
+def test_the_operating_point_is_the_models_unless_configured(tmp_path: Path) -> None:
+    settings = load_settings(environ={})
+    assert settings.finding_threshold is None and settings.mask_mode == "model"
+    path = tmp_path / "node.toml"
+    path.write_text('finding_threshold = 0.4\nmask_mode = "with_finding"\n')
+    settings = load_settings(path, environ={})
+    assert (settings.finding_threshold, settings.mask_mode) == (0.4, "with_finding")
+
+
 def test_destinations_from_environment_json() -> None:
     settings = load_settings(environ={"MAMMO_SCP_DESTINATIONS":
                                       '[{"name": "a", "ae_title": "A", "host": "h", "port": 1}]'})
@@ -42,6 +51,8 @@ def test_destinations_from_environment_json() -> None:
     ({"MAMMO_SCP_DATABASE_URL": "mysql://x"}, "'database_url'"),
     ({"MAMMO_SCP_PROT": "104"}, "MAMMO_SCP_PROT"),
     ({"MAMMO_SCP_DESTINATIONS": "[{"}, "MAMMO_SCP_DESTINATIONS"),
+    ({"MAMMO_SCP_FINDING_THRESHOLD": "1.5"}, "'finding_threshold'"),
+    ({"MAMMO_SCP_MASK_MODE": "biggest"}, "'mask_mode'"),
     ({"MAMMO_SCP_DESTINATIONS": '[{"name": "a", "ae_title": "A", "host": "h"}]'},
      "'destinations.0.port'"),
 ])

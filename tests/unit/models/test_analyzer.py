@@ -11,6 +11,7 @@ import pytest
 from mammo_scp.models.analyzer import (
     Detections,
     cpu_flags,
+    finding_windows,
     fuse_detections,
     postprocess_mask,
     resolve_precision,
@@ -34,6 +35,11 @@ def test_modes_keep_what_they_say():
     assert postprocess_mask(prob, 0.5, "with_finding", 0, np.zeros((0, 4))).sum() == 0
     with pytest.raises(ValueError, match="mask mode"):
         postprocess_mask(prob, 0.5, "biggest", 0, near_small)
+    # finding_or_confident: the regions on a finding, and the largest if confident enough
+    assert postprocess_mask(prob, 0.5, "finding_or_confident", 0, near_small, 0.95).sum() == 16
+    assert postprocess_mask(prob, 0.5, "finding_or_confident", 0, near_small, 0.89).sum() == 116
+    assert postprocess_mask(prob, 0.5, "finding_or_confident", 0, np.zeros((0, 4)),
+                            0.89).sum() == 100
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively() -> None:
@@ -88,3 +94,23 @@ def test_one_detector_s_boxes_are_never_merged_and_apart_boxes_stay_apart():
     assert sorted(fused.scores.round(3)) == [0.25, 0.35, 0.45]
     empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
     assert len(fuse_detections([empty, empty]).scores) == 0
+
+
+def test_finding_windows_cover_each_box_with_its_margin_on_the_stride_grid():
+    shape = (480, 288)
+    (window,) = finding_windows(np.array([[100.0, 200.0, 140.0, 250.0]]), shape, margin=64)
+    r0, c0, r1, c1 = window
+    assert (r0, c0) == (128, 32) and (r1, c1) == (320, 224)  # 200-64 -> 128, 140+64 -> 224
+    assert all(v % 32 == 0 for v in window)
+    # cut at the image's edges, which are on the grid too (the image is padded to it)
+    assert finding_windows(np.array([[0.0, 440.0, 20.0, 470.0]]), shape, margin=64) == [
+        (352, 0, 480, 96)]
+
+
+def test_overlapping_finding_windows_merge_and_apart_ones_stay_apart():
+    shape = (512, 512)
+    near = np.array([[100.0, 100.0, 120.0, 120.0], [150.0, 150.0, 170.0, 170.0]])
+    assert finding_windows(near, shape, margin=32) == [(64, 64, 224, 224)]
+    apart = np.array([[10.0, 10.0, 20.0, 20.0], [400.0, 400.0, 420.0, 420.0]])
+    assert len(finding_windows(apart, shape, margin=32)) == 2
+    assert finding_windows(np.zeros((0, 4)), shape) == []

@@ -10,6 +10,7 @@ import pytest
 from mammo_scp.training.data import load_records, truth_mask
 from mammo_scp.training.evaluate import (
     bootstrap_by_woman,
+    choose_mask_confidence,
     dice_iou,
     evaluate,
     froc_curve,
@@ -151,3 +152,43 @@ def test_normal_images_with_a_mark_and_findings_per_image_at_the_default_thresho
     assert res.normal_images_marked == 2 and res.n_normal_images == 3
     assert res.findings_per_image == 1 / 3
     assert res.to_dict()["normal_images_marked"] == 2
+    images = res.to_dict()["images"]
+    assert [i["key"] for i in images] == [r.key for r in normals]
+    assert [i["mass_score"] for i in images] == [0.7, 0.2, 0.0]
+    assert [i["findings"] for i in images] == [1, 0, 0]
+    assert [i["mask"] for i in images] == [False, False, True]
+    assert images[0]["woman"] == normals[0].woman and images[0]["mass"] is False
+
+
+def test_the_confidence_lets_at_most_so_many_normal_images_without_a_finding_through(mias_dir):
+    records = load_records(mias_dir)
+    normals = [r for r in records if not r.is_mass][:5]
+    mass = next(r for r in records if r.is_mass)
+    # peaks per image (one region each), in record order; the fourth normal has a finding
+    peaks = [0.9, 0.6, 0.75, 0.95, 0.4, 0.5]
+
+    class Maps:
+        mask_threshold, score_threshold = 0.3, 0.5
+        mask_min_area_mm2, spacing_mm, detector_spacing_mm = 0.0, 0.4, 0.4
+
+        def __init__(self):
+            self.calls = 0
+
+        def detect(self, image):
+            found = self.calls == 3  # segment() follows detect(): the fourth image
+            return SimpleNamespace(scores=np.array([0.8 if found else 0.1]))
+
+        def segment(self, image):
+            prob = np.zeros(image.shape, np.float32)
+            prob[10:20, 10:20] = peaks[self.calls]
+            self.calls += 1
+            return prob
+
+    chosen = choose_mask_confidence([*normals, mass], Maps(), max_normal=2)
+    # normal images without a finding peak at 0.9, 0.6, 0.75, 0.4: two get through from 0.75
+    assert chosen["mask_confident"] == pytest.approx(0.75)
+    assert chosen["normal_without_finding"] == 4
+    assert chosen["normal_without_finding_masked"] == 2
+    assert [r["finding"] for r in chosen["images"]] == [False, False, False, True, False, False]
+    none = choose_mask_confidence([*normals, mass], Maps(), max_normal=0)
+    assert none["mask_confident"] > float(np.float32(0.9)) and none["normal_without_finding_masked"] == 0

@@ -171,3 +171,40 @@ def test_bf16_weights_are_held_in_bfloat16_with_the_same_outputs(models_dir, mas
     assert expected[0].shape[0] > 0
     for got, wanted in zip(found, expected, strict=True):
         assert np.array_equal(got.numpy(), wanted.numpy())
+
+
+def test_with_finding_the_segmenter_runs_only_around_findings(models_dir, mass_image,
+                                                               mias_dir, monkeypatch):
+    gated = Analyzer.load(models_dir, finding_threshold=0.2, mask_mode="with_finding")
+    assert gated.score_threshold == 0.2 and gated.mask_mode == "with_finding"
+    shapes: list[tuple[int, ...]] = []
+    segment = gated.segment
+    monkeypatch.setattr(gated, "segment", lambda image: shapes.append(image.shape)
+                        or segment(image))
+    pixels, (row, col) = mass_image
+    result = gated.analyze_array(pixels, 0.2, "L", "mass")
+    assert result.findings and result.mask[row, col]
+    whole = preprocess_array(pixels, 0.2, model_spacing_mm=gated.spacing_mm).image.shape
+    assert shapes and all(s[0] * s[1] < whole[0] * whole[1] for s in shapes)
+    # the mask lies on the findings: every masked pixel is inside some finding's box grown
+    # by the window margin
+    ys, xs = np.nonzero(result.mask)
+    near = np.zeros(len(xs), bool)
+    margin = 64 * gated.spacing_mm / 0.2
+    for f in result.findings:
+        near |= ((xs >= f.box.x0 - margin) & (xs <= f.box.x1 + margin)
+                 & (ys >= f.box.y0 - margin) & (ys <= f.box.y1 + margin))
+    assert near.all()
+    # nothing reported: the U-Net does not run and there is no mask
+    shapes.clear()
+    none = Analyzer.load(models_dir, finding_threshold=1.0, mask_mode="with_finding")
+    monkeypatch.setattr(none, "segment", lambda image: shapes.append(image.shape)
+                        or segment(image))
+    empty = none.analyze_array(pixels, 0.2, "L", "mass")
+    assert not empty.findings and not empty.mask.any() and shapes == []
+    assert empty.mass_score == pytest.approx(result.mass_score)
+
+
+def test_an_unknown_mask_mode_is_refused(models_dir):
+    with pytest.raises(ValueError, match="mask mode"):
+        Analyzer.load(models_dir, mask_mode="biggest")
