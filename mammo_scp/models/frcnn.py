@@ -217,25 +217,7 @@ def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = Fals
     :mod:`mammo_scp.models.fold`).
     """
     inputs = keras.Input((None, None, 1), name="image")
-    x = layers.Rescaling(cfg.input_scale[0], offset=cfg.input_scale[1], dtype=dtype)(inputs)
-    if cfg.stride_in_1x1:  # keras.applications' stem: symmetric padding, as ImageNet saw it
-        x = layers.ZeroPadding2D(3, dtype=dtype)(x)
-        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn,
-                     padding="valid")
-        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
-        x = layers.ZeroPadding2D(1, dtype=dtype)(x)  # after a ReLU: zero is the minimum
-        x = layers.MaxPooling2D(3, strides=2, padding="valid", dtype=dtype)(x)
-    else:
-        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn)
-        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
-        x = layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
-    for stage, (n_blocks, stride) in enumerate(zip(cfg.blocks, (1, 2, 2), strict=True), start=2):
-        filters = cfg.width * 2 ** (stage - 2)
-        for block in range(n_blocks):
-            x = _bottleneck(x, filters, stride if block == 0 else 1, block == 0,
-                            f"res{stage}_{block}", dtype, cfg.bn_momentum, fold_bn,
-                            cfg.stride_in_1x1)
-    features = x
+    features = resnet_taps(inputs, cfg, dtype, fold_bn)[-1]
     r = layers.Conv2D(cfg.rpn_channels, 3, padding="same", activation="relu", name="rpn_conv",
                       dtype=dtype)(features)
     logits = layers.Conv2D(cfg.num_anchors, 1, name="rpn_logits", dtype="float32",
@@ -243,6 +225,36 @@ def build_backbone_rpn(cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = Fals
     deltas = layers.Conv2D(4 * cfg.num_anchors, 1, name="rpn_deltas", dtype="float32",
                            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))(r)
     return keras.Model(inputs, [features, logits, deltas], name="backbone_rpn")
+
+
+def resnet_taps(inputs: Any, cfg: FRCNNConfig, dtype: Any = None, fold_bn: bool = False
+                ) -> list[Any]:
+    """The detector's ResNet (stem to stage 4) on ``inputs``: its maps at strides 2 (the
+    stem's ReLU), 4, 8 and 16 (each stage's last block), the last being the detector's
+    features. A segmenter with its own ResNet50 encoder builds the same layers, by the
+    same names (:func:`mammo_scp.models.unet.build_unet`)."""
+    x = layers.Rescaling(cfg.input_scale[0], offset=cfg.input_scale[1], dtype=dtype)(inputs)
+    if cfg.stride_in_1x1:  # keras.applications' stem: symmetric padding, as ImageNet saw it
+        x = layers.ZeroPadding2D(3, dtype=dtype)(x)
+        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn,
+                     padding="valid")
+        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
+        taps = [x]
+        x = layers.ZeroPadding2D(1, dtype=dtype)(x)  # after a ReLU: zero is the minimum
+        x = layers.MaxPooling2D(3, strides=2, padding="valid", dtype=dtype)(x)
+    else:
+        x = _conv_bn(x, cfg.width, 7, 2, "stem", "stem_bn", dtype, cfg.bn_momentum, fold_bn)
+        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
+        taps = [x]
+        x = layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
+    for stage, (n_blocks, stride) in enumerate(zip(cfg.blocks, (1, 2, 2), strict=True), start=2):
+        filters = cfg.width * 2 ** (stage - 2)
+        for block in range(n_blocks):
+            x = _bottleneck(x, filters, stride if block == 0 else 1, block == 0,
+                            f"res{stage}_{block}", dtype, cfg.bn_momentum, fold_bn,
+                            cfg.stride_in_1x1)
+        taps.append(x)
+    return taps
 
 
 def build_head(cfg: FRCNNConfig, channels: int, dtype: Any = None) -> keras.Model:
@@ -262,6 +274,21 @@ def build_head(cfg: FRCNNConfig, channels: int, dtype: Any = None) -> keras.Mode
     return keras.Model(inputs, [cls, box], name="box_head")
 
 
+def freeze_resnet(model: keras.Model, cfg: FRCNNConfig) -> None:
+    """Stop the ResNet layers of ``model`` (built by :func:`resnet_taps`) that ``cfg``
+    freezes: the stem and stages to ``cfg.frozen_stages``, and with ``cfg.frozen_bn`` every
+    batch normalisation in the ResNet."""
+    frozen = ["stem"] + [f"res{stage}_" for stage in range(2, cfg.frozen_stages + 1)]
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if cfg.frozen_stages >= 1 and any(layer.name.startswith(p) for p in frozen):
+            layer.trainable = False
+        if (cfg.frozen_bn and isinstance(layer, layers.BatchNormalization)
+                and layer.name.startswith(("stem", "res"))):
+            layer.trainable = False
+
+
 class FasterRCNN:
     """The two Keras models and the graph code that ties them together."""
 
@@ -278,14 +305,7 @@ class FasterRCNN:
         ``cfg.frozen_bn``, every batch normalisation from learning (an ImageNet backbone
         fine-tuned on a few hundred images, batches of four: detectron2's FREEZE_AT and
         FrozenBatchNorm). The weights keep their order; only what trains changes."""
-        frozen = ["stem"] + [f"res{stage}_" for stage in range(2, self.cfg.frozen_stages + 1)]
-        for layer in self.backbone.layers:
-            if not layer.weights:
-                continue
-            if self.cfg.frozen_stages >= 1 and any(layer.name.startswith(p) for p in frozen):
-                layer.trainable = False
-            if self.cfg.frozen_bn and isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False
+        freeze_resnet(self.backbone, self.cfg)
 
     def for_inference(self, dtype: Any = None) -> FasterRCNN:
         """The same network with batch normalisation folded into its convolutions (faster;

@@ -8,7 +8,7 @@ cores.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import keras
@@ -30,6 +30,10 @@ class UNetConfig:
     # serves both models (:func:`build_decoder`)
     encoder: str = "own"
     encoder_channels: tuple[int, ...] = ()
+    # "resnet50": the decoder on a ResNet50 of its own (stem to stage 4, the detector's
+    # layout and layer names, set by this FRCNNConfig dict; only its backbone settings count),
+    # initialised from ImageNet and trained with the decoder
+    encoder_config: dict[str, Any] = field(default_factory=dict)
 
     def dropout(self, level: int) -> float:
         """Dropout rising from ``dropout_min`` at the top level to ``dropout_max`` at the bottom."""
@@ -72,6 +76,13 @@ def build_unet(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> ker
     :func:`mammo_scp.models.fold.fold_batch_norm` from the trained form.
     """
     inputs = keras.Input((None, None, 1), name="image")
+    if cfg.encoder == "resnet50":
+        from mammo_scp.models.frcnn import FRCNNConfig, resnet_taps
+
+        taps = resnet_taps(inputs, FRCNNConfig.from_dict(cfg.encoder_config), dtype, fold_bn)
+        return keras.Model(inputs, _decode(taps, cfg, dtype, fold_bn), name="resnet_unet")
+    if cfg.encoder != "own":
+        raise ValueError(f"build_unet builds encoders 'own' and 'resnet50', got {cfg.encoder!r}")
     x = inputs
     skips = []
     for level in range(cfg.depth):
@@ -106,6 +117,11 @@ def build_decoder(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> 
                          f"counts, got {cfg.encoder!r} {cfg.encoder_channels}")
     taps = [keras.Input((None, None, c), name=f"tap{k}")
             for k, c in enumerate(cfg.encoder_channels, start=1)]
+    return keras.Model(taps, _decode(taps, cfg, dtype, fold_bn), name="decoder")
+
+
+def _decode(taps: list[Any], cfg: UNetConfig, dtype: Any, fold_bn: bool) -> Any:
+    """Seed 004's decoder from the maps at strides 2, 4, 8 and 16 to the probability map."""
     x = taps[3]
     for level in (3, 2, 1):  # stride 2 ** level
         filters = cfg.width * 2 ** (level - 1)
@@ -117,9 +133,8 @@ def build_decoder(cfg: UNetConfig, dtype: Any = None, fold_bn: bool = False) -> 
         x = _block(x, filters, cfg.dropout(level - 1), cfg, f"dec{level}", dtype, fold_bn)
     x = layers.Conv2D(1, 1, activation="sigmoid", name="head", dtype="float32",
                       bias_initializer=keras.initializers.Constant(cfg.head_bias))(x)
-    outputs = layers.UpSampling2D(2, interpolation="bilinear", name="to_image",
-                                  dtype="float32")(x)
-    return keras.Model(taps, outputs, name="decoder")
+    return layers.UpSampling2D(2, interpolation="bilinear", name="to_image",
+                               dtype="float32")(x)
 
 
 def dice_coefficient(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:

@@ -51,9 +51,10 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="start from the weights of an earlier run (RUN/last.npz) or of a "
                          "shipped model (models/unet/1.0.0)")
     tr.add_argument("--backbone", type=Path, default=None, metavar="NPZ",
-                    help="detector: start from ImageNet ResNet50 weights written by 'models "
-                         "backbone' (full width, ImageNet layout, stem and stage 2 and every "
-                         "batch norm frozen)")
+                    help="start from ImageNet ResNet50 weights written by 'models backbone' "
+                         "(full width, ImageNet layout, stem and stage 2 and every batch norm "
+                         "frozen): the detector's backbone, or a U-Net encoder of its own "
+                         "under seed 004's decoder")
     tr.add_argument("--encoder", type=Path, default=None, metavar="DETECTOR",
                     help="U-Net: train only a decoder on this detector's backbone (a shipped "
                          "folder such as models/frcnn/2.0.0), which stays frozen; the node "
@@ -189,17 +190,23 @@ def _train(args: argparse.Namespace) -> int:
     defaults = DEFAULT_MODEL_ARGS[args.kind]
     model = dict(defaults["model"])
     if args.backbone is not None:
-        if args.kind != "frcnn":
-            print("error: --backbone initialises the detector (frcnn) only", file=sys.stderr)
-            return 2
         if not args.backbone.is_file():
             print(f"error: no backbone file {args.backbone} (write it with 'mammo-scp models "
                   "backbone resnet50')", file=sys.stderr)
             return 2
-        model = imagenet_detector_config(model)
+        if args.kind == "frcnn":
+            model = imagenet_detector_config(model)
+        else:  # the U-Net's own encoder: the detector's ResNet50 layout, from ImageNet
+            model = {**model, "encoder": "resnet50", "width": 32,
+                     "encoder_config": imagenet_detector_config(
+                         DEFAULT_MODEL_ARGS["frcnn"]["model"])}
     if args.encoder is not None:
         if args.kind != "unet":
             print("error: --encoder trains a U-Net decoder (unet) only", file=sys.stderr)
+            return 2
+        if args.backbone is not None:
+            print("error: --encoder (the detector's backbone, shared) and --backbone (an "
+                  "encoder of its own) exclude each other", file=sys.stderr)
             return 2
         if not args.encoder.is_dir():
             print(f"error: no detector folder {args.encoder}", file=sys.stderr)

@@ -279,6 +279,16 @@ def train_unet(cfg: TrainConfig) -> Path:
         logger.info("decoder on the backbone of %s (taps %s)", cfg.encoder_weights, channels)
     else:
         model = shipped = build_unet(ucfg)
+    if ucfg.encoder == "resnet50":  # its own ResNet50, from ImageNet, trained with the decoder
+        from mammo_scp.models.frcnn import FRCNNConfig, freeze_resnet
+        from mammo_scp.training.backbone import init_detector_backbone, load_backbone
+
+        encoder = FRCNNConfig.from_dict(ucfg.encoder_config)
+        if cfg.backbone_weights and not cfg.init_weights:
+            n = init_detector_backbone(model, load_backbone(Path(cfg.backbone_weights)),
+                                       encoder.input_scale[1])
+            logger.info("encoder: %d ResNet50 layers from %s", n, cfg.backbone_weights)
+        freeze_resnet(model, encoder)
     if cfg.init_weights:
         shipped.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)

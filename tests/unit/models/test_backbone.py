@@ -26,7 +26,7 @@ from mammo_scp.training.backbone import (
     save_backbone,
     sri_digest,
 )
-from tests.unit.models.conftest import train_detector_steps
+from tests.unit.models.conftest import synthetic_batch, train_detector_steps
 
 WIDTH = 8  # ResNet50's layers at 1/8 of its width: every name, tiny arrays
 CLASSES = 10
@@ -288,3 +288,41 @@ def test_a_segmenter_shipped_without_its_detector_is_refused(tmp_path, imported)
                 "architecture": {"kind": "frcnn", "config": IMAGENET.to_dict()}})
     with pytest.raises(ModelStoreError, match="backbone of frcnn 2.0.0 .* frcnn 2.0.1"):
         Analyzer.load(tmp_path)
+
+
+# ------------------------------------------------------------- a U-Net encoder of its own
+
+def test_a_unet_on_its_own_imagenet_encoder_trains_and_folds(imported):
+    from mammo_scp.models.fold import fold_batch_norm
+    from mammo_scp.models.frcnn import freeze_resnet
+    from mammo_scp.models.unet import UNetConfig, build_unet, segmentation_loss
+
+    keras.utils.set_random_seed(0)
+    cfg = UNetConfig(width=8, encoder="resnet50", encoder_config=IMAGENET.to_dict(),
+                     head_bias=0.0)
+    net = build_unet(cfg)
+    # the detector's ResNet, layer for layer: every convolution and batch norm set
+    assert init_detector_backbone(net, imported) == 2 * (1 + 13 * 3 + 3)
+    freeze_resnet(net, IMAGENET)
+    trainable = {v.path.split("/")[0] for v in net.trainable_variables}
+    assert not any(n.startswith(("stem", "res2_")) or "_bn" in n and n.startswith("res")
+                   for n in trainable)
+    assert "res3_0_c1" in trainable and "dec1_skip" in trainable and "head" in trainable
+    frozen = net.get_layer("res2_0_c1").get_weights()[0].copy()
+    rng = np.random.default_rng(0)
+    images, masks, _ = synthetic_batch(rng, 4, 64, (6, 10))
+    x, y = images[..., None], masks[..., None]
+    optimizer = keras.optimizers.Adam(1e-3)
+    losses = []
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            loss = segmentation_loss(y, net(x, training=True))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+    np.testing.assert_array_equal(net.get_layer("res2_0_c1").get_weights()[0], frozen)
+    # the node's inference form: batch norms folded, the same map
+    folded = build_unet(cfg, fold_bn=True)
+    fold_batch_norm(net, folded)
+    np.testing.assert_allclose(folded(x).numpy(), net(x, training=False).numpy(), atol=1e-4)

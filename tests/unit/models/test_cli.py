@@ -55,6 +55,24 @@ def test_parser_has_the_commands():
     assert callable(args.func)
 
 
+def test_train_refuses_what_cannot_go_together(dicom_folder, tmp_path, capsys):
+    npz = tmp_path / "resnet.npz"
+    np.savez(npz, x=np.zeros(1))
+    detector = tmp_path / "frcnn"
+    detector.mkdir()
+    out = str(tmp_path / "run")
+    assert _run("models", "train", "unet", "--data", str(dicom_folder), "--out", out,
+                "--backbone", str(npz), "--encoder", str(detector)) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert _run("models", "train", "unet", "--data", str(dicom_folder), "--out", out,
+                "--backbone", str(tmp_path / "absent.npz")) == 2
+    assert "no backbone file" in capsys.readouterr().err
+    assert _run("models", "train", "frcnn", "--data", str(dicom_folder), "--out", out,
+                "--digital-look", "1.5") == 2
+    assert "--digital-look must lie between 0 and 1" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
 def test_train_resume_is_exact_and_export_loads(dicom_folder, tmp_path):
     common = ["--data", str(dicom_folder), "--seed", "3", "--width", "4", "--batch", "4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
