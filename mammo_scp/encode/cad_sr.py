@@ -14,6 +14,12 @@ PS3.17 Annex E::
                           Pixel Spacing
       CONTAINS CODE CAD Processing and Findings Summary
                     = All algorithms succeeded; with/without findings  TID 4001
+        HAS PROPERTIES TEXT Impression Description = the assessment   TID 4002
+                              in one line ("AI mass assessment: exam elevated (41%); ...")
+        HAS PROPERTIES TEXT Algorithm Name, Algorithm Version         TID 4019
+        HAS PROPERTIES NUM Certainty of Finding (%) = the exam's score
+        HAS PROPERTIES NUM Certainty of Finding (%) = a breast's score
+          HAS CONCEPT MOD CODE Laterality = Right | Left
         INFERRED FROM CONTAINER Individual Impression/Recommendation  TID 4003
           HAS CONCEPT MOD Rendering Intent = Presentation Required
           CONTAINS CODE Single Image Finding = Mass               TID 4006
@@ -34,7 +40,8 @@ PS3.17 Annex E::
 
 Coordinates are source pixels (column, row) with (0, 0) the top left corner of
 the top left pixel, as in the Measurement Report. The document is COMPLETE and
-UNVERIFIED. UIDs derive from the study, the detector version and the images.
+UNVERIFIED. UIDs derive from the study, the detector version, the images and (with an
+assessment) its thresholds. The assessment's lines are present only when it is given.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
+from mammo_scp.assessment import Side, StudyAssessment
 from mammo_scp.encode import codes
+from mammo_scp.encode.assessment import check_assessment, scopes, summary_line
 from mammo_scp.encode.common import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -285,19 +294,41 @@ def _document_modules(sr: Dataset, sources: Sequence[Dataset], instance_uid: UID
     sr.CurrentRequestedProcedureEvidenceSequence = DicomSequence([study_item])
 
 
-def build_cad_sr(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis]) -> Dataset:
-    """The study's Mammography CAD SR: image library, processing summary and mass findings.
+def _impression_body(assessment: StudyAssessment, detector: ModelInfo) -> list[Dataset]:
+    """TID 4002 Impression/Recommendation Body of the overall impression: the assessment in
+    one line (Impression Description), the detector (TID 4019), and per scope its score as
+    Certainty of Finding (%), a breast's with its Laterality."""
+    body = [_text(HAS_PROPERTIES, codes.IMPRESSION_DESCRIPTION, summary_line(assessment)),
+            _text(HAS_PROPERTIES, codes.ALGORITHM_NAME, detector.name),
+            _text(HAS_PROPERTIES, codes.ALGORITHM_VERSION, detector.version)]
+    for side, found in scopes(assessment):
+        score = _num(HAS_PROPERTIES, codes.CERTAINTY_OF_FINDING, round(100.0 * found.score, 4),
+                     codes.PERCENT)
+        if side is not None:
+            laterality = codes.RIGHT if side is Side.RIGHT else codes.LEFT
+            _children(score, [_code(HAS_CONCEPT_MOD, codes.LATERALITY, laterality)])
+        body.append(score)
+    return body
+
+
+def build_cad_sr(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis],
+                 assessment: StudyAssessment | None = None) -> Dataset:
+    """The study's Mammography CAD SR: image library, processing summary (with the study's
+    breast and exam ``assessment`` as its impression body, when given) and mass findings.
 
     Raises
     ------
     ValueError
         If sources mix studies, sources and analyses do not match one to one, the
-        analyses come from different detectors, or an image lacks laterality or view.
+        analyses come from different detectors, an image lacks laterality or view, or
+        the assessment is not that of these images.
     """
     sources = [valid_header(source) for source in sources]
     check_one_study(sources)
     pairs = pair_analyses(sources, analyses)
     detector = single_model([analysis.detector for analysis in analyses], "detector")
+    if assessment is not None:
+        check_assessment(assessment, pairs)
 
     observer = _observer_items(detector)
     library = _container(CONTAINS, codes.IMAGE_LIBRARY)
@@ -316,8 +347,10 @@ def build_cad_sr(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis]) 
     ]
     summary_value = (codes.ALL_ALGORITHMS_SUCCEEDED_WITH_FINDINGS if impressions
                      else codes.ALL_ALGORITHMS_SUCCEEDED_WITHOUT_FINDINGS)
+    body = _impression_body(assessment, detector) if assessment is not None else []
     summary = _children(
-        _code(CONTAINS, codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, summary_value), impressions
+        _code(CONTAINS, codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, summary_value),
+        [*body, *impressions],
     )
     detection = _children(_code(CONTAINS, codes.DETECTION_PERFORMED, codes.MASS), [
         *_algorithm_items(detector),
@@ -332,7 +365,9 @@ def build_cad_sr(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis]) 
     study_uid = str(sources[0].StudyInstanceUID)
     models = model_key([(detector.name, detector.version)])
     images = ",".join(sorted(str(source.SOPInstanceUID) for source in sources))
-    instance_uid = derive_uid(ObjectKind.CAD_SR_INSTANCE, study_uid, models, images)
+    # the assessment's thresholds shape the content: other thresholds, another object
+    content = (images,) if assessment is None else (images, assessment.thresholds.key)
+    instance_uid = derive_uid(ObjectKind.CAD_SR_INSTANCE, study_uid, models, *content)
 
     sr = Dataset()
     copy_patient_study(sources[0], sr)

@@ -53,6 +53,19 @@ CERTAINTY_OF_FINDING = _dcm("111012", "Certainty of Finding")
 #: A finding's one-line summary (TID 1501 row 12, a qualitative evaluation as text).
 COMMENT = _dcm("121106", "Comment")
 
+# --- Breast- and exam-level assessment (mammo_scp.assessment) ---------------------
+#: TID 1500's container of measurements that are not of one image region (TID 300 items).
+DERIVED_IMAGING_MEASUREMENTS = _dcm("126011", "Derived Imaging Measurements")
+#: TID 1500's container of qualitative evaluations (CODE and TEXT items).
+QUALITATIVE_EVALUATIONS = CodedConcept(value="C0034375", scheme_designator="UMLS",
+                                       meaning="Qualitative Evaluations")
+#: A breast's or the exam's category (low / intermediate / elevated), as text.
+ASSESSMENT_CATEGORY = _dcm("111005", "Assessment Category")
+#: The assessment in one line (TID 4002 row 5 in the Mammography CAD SR).
+IMPRESSION_DESCRIPTION = _dcm("111033", "Impression Description")
+#: Concept modifier naming a breast (TID 4002).
+LATERALITY = _sct("272741003", "Laterality")
+
 # --- Units ---------------------------------------------------------------------
 NO_UNITS = _ucum("1", "no units")
 PERCENT = _ucum("%", "Percent")

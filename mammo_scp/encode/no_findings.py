@@ -13,12 +13,16 @@ Content, under the root container "Diagnostic Imaging Report" (LOINC 18748-4, CI
   findings" (DCM 111241), the code the Mammography CAD SR uses for the same statement;
 * a Comment (DCM 121106) in one line: "No finding: AI mass detection and segmentation
   analysed 4 images (RCC, LCC, RMLO, LMLO) with mass-frcnn 0.9.1 and mass-unet 1.2.0";
-* for each model, Algorithm Name (DCM 111001) and Algorithm Version (DCM 111003).
+* for each model, Algorithm Name (DCM 111001) and Algorithm Version (DCM 111003);
+* the study's breast and exam assessment, when given: one Impression Description line,
+  per scope a Certainty of Finding (%) and an Assessment Category
+  (:mod:`mammo_scp.encode.assessment`).
 
 The analysed images are listed as evidence (Current Requested Procedure Evidence
 Sequence). COMPLETE and UNVERIFIED: no human has signed it. Series "AI mass analysis",
 series number :attr:`SeriesNumber.NO_FINDINGS`, instance number 1; UIDs derived from the
-study, both models and the analysed images, as the Measurement Report's.
+study, both models, the analysed images and the assessment's thresholds, as the
+Measurement Report's.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from mammo_scp.assessment import StudyAssessment
 from mammo_scp.encode import codes
+from mammo_scp.encode.assessment import check_assessment, enhanced_sr_items
 from mammo_scp.encode.common import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -64,25 +70,28 @@ def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
-def build_no_findings_report(sources: Sequence[Dataset],
-                             analyses: Sequence[ImageAnalysis]) -> hd.sr.EnhancedSR:
+def build_no_findings_report(sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis],
+                             assessment: StudyAssessment | None = None) -> hd.sr.EnhancedSR:
     """The Enhanced SR saying that the study's images were analysed, by which models,
-    and that nothing was found.
+    and that nothing was found; with the study's breast and exam ``assessment`` when given
+    (:mod:`mammo_scp.encode.assessment`).
 
     Raises
     ------
     ValueError
         If sources mix studies, analyses and sources do not match one to one, the
-        analyses come from different models, or an analysis has a finding (that study
-        gets a Measurement Report instead).
+        analyses come from different models, an analysis has a finding (that study
+        gets a Measurement Report instead), or the assessment is not that of these images.
     """
     sources = [valid_header(source) for source in sources]
     check_one_study(sources)
-    pair_analyses(sources, analyses)
+    pairs = pair_analyses(sources, analyses)
     if has_findings(analyses):
         raise ValueError("analyses hold findings: such a study gets a Measurement Report")
     detector = single_model([analysis.detector for analysis in analyses], "detector")
     segmenter = single_model([analysis.segmenter for analysis in analyses], "segmenter")
+    if assessment is not None:
+        check_assessment(assessment, pairs)
 
     root = hd.sr.ContainerContentItem(name=codes.DIAGNOSTIC_IMAGING_REPORT)
     items: list[Dataset] = [*device_observer(detector)]
@@ -95,12 +104,16 @@ def build_no_findings_report(sources: Sequence[Dataset],
     for model in (detector, segmenter):
         items.append(_text(codes.ALGORITHM_NAME, model.name))
         items.append(_text(codes.ALGORITHM_VERSION, model.version))
+    if assessment is not None:
+        items.extend(enhanced_sr_items(assessment, detector))
     root.ContentSequence = DicomSequence(items)
 
     study_uid = str(sources[0].StudyInstanceUID)
     models = model_key([(segmenter.name, segmenter.version), (detector.name, detector.version)])
     images = ",".join(sorted(str(source.SOPInstanceUID) for source in sources))
-    instance_uid = derive_uid(ObjectKind.NO_FINDINGS_INSTANCE, study_uid, models, images)
+    # the assessment's thresholds shape the content: other thresholds, another object
+    content = (images,) if assessment is None else (images, assessment.thresholds.key)
+    instance_uid = derive_uid(ObjectKind.NO_FINDINGS_INSTANCE, study_uid, models, *content)
     sr = hd.sr.EnhancedSR(
         evidence=sources,
         content=root,

@@ -29,9 +29,13 @@ Content, under the root "Imaging Measurement Report" (which OHIF reads):
   TID 1410 group with the same tracking identifier and UID references the SEG's
   segment 1 ("Mass", frame 1) instead of a region (TID 1410 allows one or the
   other).
-* Nothing else: OHIF (3.13) cannot open a report holding a measurement group
-  without an image region (a per-breast or exam score), nor one without any
-  finding, so a study without findings gets no report (:func:`has_findings`).
+* The study's breast and exam assessment, when given: its scores in the
+  Derived Imaging Measurements container, its categories and one summary line in
+  Qualitative Evaluations (:mod:`mammo_scp.encode.assessment`). Not as measurement
+  groups: OHIF (3.13) cannot open a report holding a measurement group without an
+  image region, and reads no other container.
+* Nothing else: OHIF (3.13) cannot open a report without any finding either, so a
+  study without findings gets no report (:func:`has_findings`).
 
 SCOORD coordinates are source image pixels, column then row, with (0, 0) the
 top left corner of the top left pixel (PS3.3 C.18.6.1.2). A
@@ -52,7 +56,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as hd_codes
 
+from mammo_scp.assessment import StudyAssessment
 from mammo_scp.encode import codes
+from mammo_scp.encode.assessment import check_assessment, measurement_report_containers
 from mammo_scp.encode.common import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -331,6 +337,7 @@ def comprehensive_3d_sr(*, evidence: Sequence[Dataset], content: Dataset,
 
 def build_measurement_report(
     sources: Sequence[Dataset], analyses: Sequence[ImageAnalysis], segs: Sequence[Dataset],
+    assessment: StudyAssessment | None = None,
 ) -> Dataset:
     """The study's TID 1500 Measurement Report.
 
@@ -343,13 +350,17 @@ def build_measurement_report(
     segs
         The SEGs that :func:`~mammo_scp.encode.seg.build_seg` made for these images
         (images without a SEG are simply absent).
+    assessment
+        The study's breast and exam assessment (:func:`mammo_scp.assessment.assess` of
+        these images), written as derived measurements and qualitative evaluations
+        (:mod:`mammo_scp.encode.assessment`); none when omitted.
 
     Raises
     ------
     ValueError
         If sources mix studies, analyses and sources do not match one to one, the
-        analyses come from different models, a SEG references something else, or
-        there is no finding to report.
+        analyses come from different models, a SEG references something else, there
+        is no finding to report, or the assessment is not that of these images.
     """
     sources = [valid_header(source) for source in sources]
     check_one_study(sources)
@@ -359,10 +370,14 @@ def build_measurement_report(
     detector = single_model([analysis.detector for analysis in analyses], "detector")
     segmenter = single_model([analysis.segmenter for analysis in analyses], "segmenter")
     seg_of = _seg_by_source(segs, {str(source.SOPInstanceUID) for source in sources})
+    if assessment is not None:
+        check_assessment(assessment, pairs)
 
     study_uid = str(sources[0].StudyInstanceUID)
     models = model_key([(segmenter.name, segmenter.version), (detector.name, detector.version)])
     images = ",".join(sorted(str(source.SOPInstanceUID) for source in sources))
+    # the assessment's thresholds shape the content: other thresholds, another object
+    content = (images,) if assessment is None else (images, assessment.thresholds.key)
 
     # Only findings, each with its image region (see the module's docstring).
     groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
@@ -380,7 +395,9 @@ def build_measurement_report(
         referenced_images=[_library_source(source) for source in sources],
     )
     _describe_library_images(report, sources)
-    instance_uid = derive_uid(ObjectKind.SR_INSTANCE, study_uid, models, images)
+    if assessment is not None:
+        report[0].ContentSequence.extend(measurement_report_containers(assessment, detector))
+    instance_uid = derive_uid(ObjectKind.SR_INSTANCE, study_uid, models, *content)
     sr = comprehensive_3d_sr(
         # Evidence needs only the identifying attributes; without the pixel data highdicom
         # does not copy megabytes per image.
