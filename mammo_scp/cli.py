@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mammo_scp import __version__
+from mammo_scp.assessment import StudyAssessment, describe_thresholds
 from mammo_scp.config import (
     CONFIG_PATH_ENV,
     SYSTEM_CONFIG,
@@ -161,10 +162,18 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _exam(assessment: dict[str, Any] | None) -> str | None:
+    """A job's exam category and score, for a table cell: 'elevated 41%'."""
+    if assessment is None:
+        return None
+    exam = assessment["exam"]
+    return f"{exam['category']} {100.0 * exam['score']:.0f}%"
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     reader = _reader(args)
     try:
-        rows = reader.jobs(JobState(args.state).value if args.state else None)
+        rows = reader.jobs(JobState(args.state).value if args.state else None, sort=args.sort)
     finally:
         reader.close()
     if args.json:
@@ -172,8 +181,9 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         row["deliveries"] = ", ".join(f"{n} {s}" for s, n in sorted(row["deliveries"].items()))
-    _print_table(rows, ["id", "state", "trigger", "instances", "deliveries", "updated_at",
-                        "study_uid", "error"])
+        row["exam"] = _exam(row["assessment"])
+    _print_table(rows, ["id", "state", "trigger", "instances", "exam", "deliveries",
+                        "updated_at", "study_uid", "error"])
     return 0
 
 
@@ -192,6 +202,10 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     print(f"job {detail['id']}  {detail['state']}  (trigger {detail['trigger']}, "
           f"attempts {detail['attempts']})")
     print(f"study {detail['study_uid']}")
+    if detail["assessment"] is not None:
+        assessment = StudyAssessment.from_json(detail["assessment"])
+        print(f"assessment: {assessment.summary()} "
+              f"({describe_thresholds(assessment.thresholds)})")
     if detail["error"]:
         print(f"error: {detail['error']}")
     print("\ninstances:")
@@ -296,6 +310,88 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the current directory when it lies below it (for messages)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def cmd_assessment(args: argparse.Namespace) -> int:
+    """Choose ``assessment_low`` on a validation evaluation by the rule of
+    docs/assessment.md, print the table of categories, optionally write it into the
+    detector's manifest."""
+    from mammo_scp.assessment import (
+        Thresholds,
+        breasts_of,
+        choose_low_threshold,
+        exams_of,
+        render_table,
+        tabulate,
+    )
+
+    try:
+        evaluation = json.loads(args.evaluation.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the evaluation {args.evaluation}: {exc}", file=sys.stderr)
+        return 1
+    images = evaluation.get("images")
+    version = (evaluation.get("models") or {}).get("frcnn")
+    if not images or version is None:
+        print(f"error: {args.evaluation} lists no per-image scores ('images') or no detector "
+              "version ('models'): write it again with 'mammo-scp models evaluate'",
+              file=sys.stderr)
+        return 1
+    folder = args.write_manifest or args.model or _shown(
+        _settings(args).models_dir / "frcnn" / version)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the detector manifest in {folder}: {exc}", file=sys.stderr)
+        return 1
+    if (manifest.get("name"), manifest.get("version")) != ("frcnn", version):
+        print(f"error: {folder} holds {manifest.get('name')} {manifest.get('version')}, but "
+              f"{args.evaluation} evaluated frcnn {version}", file=sys.stderr)
+        return 1
+    thresholds = dict(manifest.get("thresholds", {}))
+    if "finding_score" not in thresholds:
+        print(f"error: {folder}/manifest.json has no thresholds.finding_score", file=sys.stderr)
+        return 1
+    finding = float(thresholds["finding_score"])
+    try:
+        chosen = choose_low_threshold(images, args.sensitivity)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    low = min(chosen, finding)
+    rows = tabulate(images, Thresholds(low=low, elevated=finding))
+    mass_breasts = sum(b.mass for b in breasts_of(images))
+    print(f"evaluation: {args.evaluation} ({evaluation.get('scope')}, {evaluation.get('look')}, "
+          f"{evaluation.get('precision')}; models {evaluation.get('models')})")
+    print(f"{len(images)} images, {len(breasts_of(images))} breasts ({mass_breasts} with a "
+          f"mass), {len(exams_of(images))} exams")
+    print(f"assessment_low = {low!r}: the highest score at or above which at least "
+          f"{100 * args.sensitivity:g} % of the mass breasts score"
+          + (f" ({chosen!r}, capped at the finding threshold)" if chosen > finding else ""))
+    print(f"elevated from the finding threshold {finding!r} (frcnn {version})\n")
+    print(render_table(rows))
+    if args.write_manifest is None:
+        print(f"\nto write it: mammo-scp assessment --evaluation {args.evaluation} "
+              f"--sensitivity {args.sensitivity:g} --write-manifest {folder}")
+        return 0
+    rule = (evaluation.get("look"), evaluation.get("precision"))
+    if rule != ("film", "fp32") or "validation" not in str(evaluation.get("scope")):
+        print(f"error: not written: the rule takes an evaluation of the validation split on "
+              f"film in fp32, this one is {evaluation.get('scope')!r}, {rule}", file=sys.stderr)
+        return 1
+    from mammo_scp.models.store import update_manifest
+
+    update_manifest(folder, {"thresholds": thresholds | {"assessment_low": low}})
+    print(f"\nwrote assessment_low = {low!r} into {folder / 'manifest.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
@@ -327,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = jobs.add_parser("list", parents=[common], help="list jobs")
     listing.add_argument("--state", choices=[s.value for s in JobState])
     listing.add_argument("--json", action="store_true")
+    listing.add_argument("--sort", choices=["id", "score"], default="id",
+                         help="order: job id (default), or exam score, highest first")
     listing.set_defaults(func=cmd_jobs_list)
     show = jobs.add_parser("show", parents=[common], help="a job and its whole timeline")
     show.add_argument("job_id", type=int)
@@ -350,6 +448,24 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(func=cmd_preview)
 
     add_models_parser(sub)
+
+    assessment = sub.add_parser(
+        "assessment", parents=[common],
+        help="choose the assessment's low threshold on a validation evaluation "
+             "(docs/assessment.md) and print the share of each category")
+    assessment.add_argument("--evaluation", type=Path, required=True, metavar="JSON",
+                            help="evaluation.json of 'mammo-scp models evaluate'")
+    assessment.add_argument("--sensitivity", type=float, default=0.9,
+                            help="share of the mass breasts that must score at or above "
+                                 "assessment_low (default 0.9)")
+    where = assessment.add_mutually_exclusive_group()
+    where.add_argument("--model", type=Path, metavar="DIR",
+                       help="the detector whose finding threshold is 'elevated' (default: "
+                            "models_dir/frcnn/<the evaluated version>)")
+    where.add_argument("--write-manifest", type=Path, metavar="DIR",
+                       help="write assessment_low into this detector's manifest thresholds "
+                            "(models/frcnn/VERSION; the weights' sha256 is unchanged)")
+    assessment.set_defaults(func=cmd_assessment)
 
     echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
     echo.add_argument("host")

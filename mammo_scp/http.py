@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from mammo_scp.config import Settings
 from mammo_scp.db import Database, DatabaseUnavailable
-from mammo_scp.jobs.models import Delivery, Instance, Job, JobEvent, Study, utcnow
+from mammo_scp.jobs.models import Assessment, Delivery, Instance, Job, JobEvent, Study, utcnow
 from mammo_scp.jobs.states import DeliveryState, JobState
 from mammo_scp.metrics import REGISTRY, exposition
 from mammo_scp.store.spool import Spool
@@ -170,6 +170,8 @@ table { border-collapse: collapse; } td, th { padding: .25em .7em; border-bottom
 .state-running, .state-delivering { color: #0b57d0; } .tiles { display: flex; gap: 1em; }
 .tile { border: 1px solid #ddd; padding: .6em 1em; border-radius: 6px; }
 .tile b { display: block; font-size: 1.6em; } code { font-size: 12px; }
+.assessment-elevated { color: #b00020; font-weight: bold; } .assessment-intermediate {
+ color: #a15c00; } .assessment-low { color: #176f2c; }
 """
 
 
@@ -179,6 +181,19 @@ def _e(value: object) -> str:
 
 def _ts(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _assessment_cell(row: Assessment | None) -> str:
+    """The exam's category and score, coloured by category, and each breast's in small."""
+    if row is None:
+        return "-"
+    breasts = [f"{side} {category.value} {100.0 * score:.0f}%"
+               for side, score, category in (("R", row.right_score, row.right_category),
+                                             ("L", row.left_score, row.left_category))
+               if score is not None and category is not None]
+    return (f"<span class='assessment-{_e(row.exam_category.value)}'>"
+            f"{_e(row.exam_category.value)} {100.0 * row.exam_score:.0f}%</span>"
+            f"<br><small>{_e(', '.join(breasts))}</small>")
 
 
 def status_page(state: NodeState, recent: int = 50) -> str:
@@ -191,13 +206,14 @@ def status_page(state: NodeState, recent: int = 50) -> str:
         waiting = session.scalar(sa.select(sa.func.count()).select_from(Instance)
                                  .where(Instance.job_id.is_(None))) or 0
         jobs = session.execute(
-            sa.select(Job, Study.study_uid).join(Study).order_by(Job.id.desc()).limit(recent)
+            sa.select(Job, Study.study_uid, Assessment).join(Study).outerjoin(Assessment)
+            .order_by(Job.id.desc()).limit(recent)
         ).all()
         stage_ms: dict[int, dict[str, float]] = {}
         for job_id, stage, ms in session.execute(
                 sa.select(JobEvent.job_id, JobEvent.stage, JobEvent.duration_ms)
                 .where(JobEvent.stage.is_not(None),
-                       JobEvent.job_id.in_([j.id for j, _ in jobs]))):
+                       JobEvent.job_id.in_([j.id for j, _, _ in jobs]))):
             stage_ms.setdefault(job_id, {})[str(stage)] = ms or 0.0
         job_errors = session.execute(
             sa.select(Job.id, Job.updated_at, Job.error).where(Job.error.is_not(None),
@@ -231,14 +247,15 @@ def status_page(state: NodeState, recent: int = 50) -> str:
     out += [f"<div class='tile' id='tile-{_e(name.replace(' ', '-'))}'><b>{n}</b>{_e(name)}"
             "</div>" for name, n in tiles]
     out.append("</div><h2>Recent jobs</h2><table id='jobs'><tr><th>job</th><th>state</th>"
-               "<th>trigger</th><th>study</th><th>created</th><th>updated</th>"
-               "<th>stages (ms)</th><th>error</th></tr>")
-    for job, study_uid in jobs:
+               "<th>trigger</th><th>study</th><th>assessment</th><th>created</th>"
+               "<th>updated</th><th>stages (ms)</th><th>error</th></tr>")
+    for job, study_uid, assessment in jobs:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in stage_ms.get(job.id, {}).items())
         out.append(
             f"<tr><td>{job.id}</td><td class='state-{_e(job.state.value)}'>"
             f"{_e(job.state.value)}</td><td>{_e(job.trigger.value)}</td>"
-            f"<td><code>{_e(study_uid)}</code></td><td>{_ts(job.created_at)}</td>"
+            f"<td><code>{_e(study_uid)}</code></td><td>{_assessment_cell(assessment)}</td>"
+            f"<td>{_ts(job.created_at)}</td>"
             f"<td>{_ts(job.updated_at)}</td><td>{_e(stages) or '-'}</td>"
             f"<td>{_e(job.error) or ''}</td></tr>")
     out.append("</table><h2>Recent errors (24 h)</h2><table id='errors'><tr><th>job</th>"

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from mammo_scp.assessment import Category, StudyAssessment
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 #: Read by prometheus_client when it is imported: a process started with it set (the
 #: worker child of ``serve``) counts into files there instead of its own memory.
@@ -40,6 +42,25 @@ MODEL_SECONDS = Histogram(
 DELIVERIES = Counter(
     "mammo_delivery_attempts", "Delivery attempts, by outcome (delivered, failed, dead)",
     ["outcome"], registry=REGISTRY)
+ASSESSMENTS = Counter(
+    "mammo_assessments", "Processed jobs' assessments, by scope (exam, breast) and category "
+    "(low, intermediate, elevated)", ["scope", "category"], registry=REGISTRY)
+EXAM_SCORE = Histogram(
+    "mammo_exam_score", "Processed jobs' exam scores (the detector's highest mass score)",
+    registry=REGISTRY, buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
+
+
+for _scope in ("exam", "breast"):  # every series present from the start, at 0
+    for _category in Category:
+        ASSESSMENTS.labels(scope=_scope, category=_category.value)
+
+
+def count_assessment(assessment: StudyAssessment) -> None:
+    """Count a processed job's exam and breast categories and observe its exam score."""
+    ASSESSMENTS.labels(scope="exam", category=assessment.exam.category.value).inc()
+    for _, breast in assessment.breasts():
+        ASSESSMENTS.labels(scope="breast", category=breast.category.value).inc()
+    EXAM_SCORE.observe(assessment.exam.score)
 
 
 def share_metrics_with_children() -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from mammo_scp.assessment import StudyAssessment, Thresholds, assess, detector_thresholds
 from mammo_scp.decode import describe, is_fatal
 from mammo_scp.dicom import SopClass
 from mammo_scp.metrics import MODEL_SECONDS
@@ -84,6 +85,8 @@ class JobContext:
     results: list[ResultObject] = field(default_factory=list)
     #: Files kept beside the results but not delivered (name -> content).
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    #: The breast and exam assessment of the analysed images, set by the encode stage.
+    assessment: StudyAssessment | None = None
 
     def skip(self, sop_uid: str, reason: str) -> None:
         """Leave an instance out of processing, recording why."""
@@ -178,10 +181,12 @@ def analyze_stage(analyzer: Analyzer, prefetcher: Prefetcher | None = None) -> S
     return Stage("analyze", analyze)
 
 
-def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
+def encode_stage(*, cad_sr: bool, thresholds: Thresholds, gsps: bool = False) -> Stage:
     """One SEG per image with a mass, one Measurement Report per study with findings (an
     Enhanced SR saying "no finding" for a study without), optionally a CAD SR and
-    (``gsps``: some destination wants them) one GSPS per image with findings.
+    (``gsps``: some destination wants them) one GSPS per image with findings. The study's
+    breast and exam assessment at ``thresholds`` goes into each study object and into the
+    job (:attr:`JobContext.assessment`).
 
     An image whose SEG or GSPS, or whose part of a study object, cannot be encoded (a
     header the encoders refuse) is skipped with the reason, and nothing derived from it is
@@ -197,7 +202,7 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
             build_seg,
             has_findings,
         )
-        from mammo_scp.encode.common import study_identity
+        from mammo_scp.encode.common import laterality_of, study_identity
 
         if not ctx.analyses:
             return "nothing to encode"
@@ -219,19 +224,25 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
                 segs.pop(uid, None)
                 ctx.skip(uid, f"its {kind} cannot be encoded: {describe(exc)}")
 
+        def assessment_of(uids: list[str]) -> StudyAssessment:
+            return assess([(laterality_of(ctx.datasets[u]).value, ctx.analyses[u].mass_score)
+                           for u in uids], thresholds)
+
         def report(uids: list[str]) -> ResultObject:
             sr = build_measurement_report([ctx.datasets[u] for u in uids],
                                           [ctx.analyses[u] for u in uids],
-                                          [segs[u].dataset for u in uids if u in segs])
+                                          [segs[u].dataset for u in uids if u in segs],
+                                          assessment_of(uids))
             return ResultObject("SR", sr, file_bytes(sr))
 
         def no_findings(uids: list[str]) -> ResultObject:
             sr = build_no_findings_report([ctx.datasets[u] for u in uids],
-                                          [ctx.analyses[u] for u in uids])
+                                          [ctx.analyses[u] for u in uids], assessment_of(uids))
             return ResultObject(NO_FINDINGS_KIND, sr, file_bytes(sr))
 
         def cad(uids: list[str]) -> ResultObject:
-            sr = build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids])
+            sr = build_cad_sr([ctx.datasets[u] for u in uids], [ctx.analyses[u] for u in uids],
+                              assessment_of(uids))
             return ResultObject("CAD_SR", sr, file_bytes(sr))
 
         # A study object is of one patient and study: images whose identity (as the results
@@ -265,12 +276,15 @@ def encode_stage(*, cad_sr: bool, gsps: bool = False) -> Stage:
         ctx.results.extend(built)
         ctx.artifacts[FINDINGS_FILE] = json.dumps(
             [analysis_to_json(a) for a in ctx.analyses.values()], indent=1).encode()
+        # that of the images the study objects were made of (all of them skipped: none)
+        ctx.assessment = assessment_of(list(ctx.analyses)) if ctx.analyses else None
         kinds = [r.kind for r in ctx.results]
         return (f"{kinds.count('SEG')} SEG, {kinds.count('SR')} SR"
                 + (f", {kinds.count(NO_FINDINGS_KIND)} no-findings SR" if NO_FINDINGS_KIND in kinds
                    else "")
                 + (f", {kinds.count('CAD_SR')} CAD SR" if cad_sr else "")
-                + (f", {kinds.count('GSPS')} GSPS" if gsps else ""))
+                + (f", {kinds.count('GSPS')} GSPS" if gsps else "")
+                + (f"; {ctx.assessment.summary()}" if ctx.assessment else ""))
 
     return Stage("encode", encode)
 
@@ -405,9 +419,17 @@ class Pipeline:
 
 
 def default_pipeline(analyzer: Analyzer | None = None, *, cad_sr: bool = False,
-                     gsps: bool = False, prefetcher: Prefetcher | None = None) -> Pipeline:
-    """The stages the node runs for every job: load, and with models analyze and encode."""
+                     gsps: bool = False, prefetcher: Prefetcher | None = None,
+                     assessment: Thresholds | None = None) -> Pipeline:
+    """The stages the node runs for every job: load, and with models analyze and encode.
+
+    ``assessment``: the thresholds of the breast and exam assessment
+    (:func:`mammo_scp.node.assessment_thresholds`); by default the analyzer's finding
+    threshold and the default ``assessment_low``.
+    """
     stages = [Stage("load", load)]
     if analyzer is not None:
-        stages += [analyze_stage(analyzer, prefetcher), encode_stage(cad_sr=cad_sr, gsps=gsps)]
+        thresholds = assessment or detector_thresholds(analyzer.score_threshold, {})
+        stages += [analyze_stage(analyzer, prefetcher),
+                   encode_stage(cad_sr=cad_sr, thresholds=thresholds, gsps=gsps)]
     return Pipeline(stages=tuple(stages))

@@ -22,6 +22,7 @@ from mammo_scp.jobs.models import Delivery, Instance, Job, Result, utcnow
 from mammo_scp.jobs.service import (
     claim_next_job,
     lock_owned_job,
+    record_assessment,
     record_stage,
     recover_abandoned,
     release_job,
@@ -30,7 +31,7 @@ from mammo_scp.jobs.service import (
     worker_id,
 )
 from mammo_scp.jobs.states import DeliveryState, InstanceStatus, JobState
-from mammo_scp.metrics import STAGE_SECONDS
+from mammo_scp.metrics import STAGE_SECONDS, count_assessment
 from mammo_scp.pipeline import InstanceRecord, JobContext, Pipeline
 from mammo_scp.prefetch import Prefetcher
 from mammo_scp.send.delivery import deliver_due
@@ -142,6 +143,7 @@ class JobRunner:
             results = [self._upsert_result(session, ctx.job_id, uid, sop_class, kind,
                                            self.spool.relative(path))
                        for uid, sop_class, kind, path in written]
+            record_assessment(session, ctx.job_id, ctx.assessment)
             destinations = self.settings.destination_names
             for row in results:
                 for name in self.settings.destinations_for(row.kind):
@@ -158,6 +160,8 @@ class JobRunner:
             else:
                 why = "no destinations configured" if results else "no result objects"
                 transition(session, job, JobState.DONE, why, worker)
+        if ctx.assessment is not None:
+            count_assessment(ctx.assessment)
 
     @staticmethod
     def _upsert_result(session: sa.orm.Session, job_id: int, uid: str, sop_class: str,

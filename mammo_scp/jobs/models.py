@@ -1,4 +1,4 @@
-"""SQLAlchemy models: study, instance, job, job event, result and delivery.
+"""SQLAlchemy models: study, instance, job, job event, result, delivery and assessment.
 
 Times are naive UTC throughout (``utcnow()``), the same on SQLite and PostgreSQL.
 """
@@ -11,6 +11,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mammo_scp.assessment import Category
 from mammo_scp.jobs.states import (
     CommitmentState,
     CompletionTrigger,
@@ -75,6 +76,7 @@ class Job(Base):
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="job", order_by="Delivery.id"
     )
+    assessment: Mapped[Assessment | None] = relationship(back_populates="job")
 
 
 class Instance(Base):
@@ -163,3 +165,24 @@ class Delivery(Base):
     result: Mapped[Result] = relationship()
 
     __table_args__ = (sa.UniqueConstraint("result_id", "destination"),)
+
+
+class Assessment(Base):
+    """A processed job's breast- and exam-level assessment (:mod:`mammo_scp.assessment`):
+    scores and categories, and the thresholds they were made with. One row per job, so that
+    ``jobs list`` shows and sorts by it without reading the job's findings."""
+
+    __tablename__ = "assessments"
+
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id"), primary_key=True)
+    exam_score: Mapped[float] = mapped_column(index=True)
+    exam_category: Mapped[Category] = mapped_column(_enum(Category))
+    right_score: Mapped[float | None]
+    right_category: Mapped[Category | None] = mapped_column(_enum(Category))
+    left_score: Mapped[float | None]
+    left_category: Mapped[Category | None] = mapped_column(_enum(Category))
+    low_threshold: Mapped[float]
+    elevated_threshold: Mapped[float]
+    assessed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="assessment")

@@ -80,24 +80,35 @@ class Reader:
         return [tuple(row) for row in rows]
 
     _JOB = ("SELECT j.id, s.study_uid, j.state, j.trigger, j.attempts, j.created_at, "
-            "j.updated_at, j.error, (SELECT count(*) FROM instances i WHERE i.job_id = j.id) "
-            "FROM jobs j JOIN studies s ON s.id = j.study_id")
+            "j.updated_at, j.error, (SELECT count(*) FROM instances i WHERE i.job_id = j.id), "
+            "a.exam_score, a.exam_category, a.right_score, a.right_category, a.left_score, "
+            "a.left_category, a.low_threshold, a.elevated_threshold "
+            "FROM jobs j JOIN studies s ON s.id = j.study_id "
+            "LEFT JOIN assessments a ON a.job_id = j.id")
+    #: ``jobs list --sort``: the job's id, or the exam score, highest first (jobs without an
+    #: assessment last)
+    _ORDER = {"id": " ORDER BY j.id",
+              "score": " ORDER BY (a.exam_score IS NULL), a.exam_score DESC, j.id"}
 
     def _job_dicts(self, rows: list[tuple[Any, ...]],
                    deliveries: dict[int, Counter[str]]) -> list[dict[str, Any]]:
         return [{"id": job_id, "study_uid": study_uid, "state": state, "trigger": trigger,
                  "instances": instances, "attempts": attempts,
                  "deliveries": dict(deliveries.get(job_id, Counter())),
-                 "created_at": iso(created), "updated_at": iso(updated), "error": error}
+                 "created_at": iso(created), "updated_at": iso(updated), "error": error,
+                 "assessment": _assessment(assessed)}
                 for (job_id, study_uid, state, trigger, attempts, created, updated, error,
-                     instances) in rows]
+                     instances, *assessed) in rows]
 
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Every job (or those in ``state``): what ``jobs list`` prints."""
+    def jobs(self, state: str | None = None, sort: str = "id") -> list[dict[str, Any]]:
+        """Every job (or those in ``state``): what ``jobs list`` prints, in the order
+        ``sort`` names ("id" or "score")."""
+        if sort not in self._ORDER:
+            raise ValueError(f"sort must be one of {sorted(self._ORDER)}, got {sort!r}")
         if state is None:
-            rows = self._rows(self._JOB + " ORDER BY j.id")
+            rows = self._rows(self._JOB + self._ORDER[sort])
         else:
-            rows = self._rows(self._JOB + " WHERE j.state = ? ORDER BY j.id", state)
+            rows = self._rows(self._JOB + " WHERE j.state = ?" + self._ORDER[sort], state)
         deliveries: dict[int, Counter[str]] = defaultdict(Counter)
         for job_id, delivery_state, count in self._rows(
                 "SELECT job_id, state, count(*) FROM deliveries GROUP BY job_id, state"):
@@ -153,6 +164,21 @@ class Reader:
                     "(SELECT count(*) FROM instances i WHERE i.study_id = s.id), "
                     "(SELECT count(*) FROM instances i WHERE i.study_id = s.id "
                     "AND i.job_id IS NULL) FROM studies s ORDER BY s.id")]
+
+
+def _assessment(columns: Sequence[Any]) -> dict[str, Any] | None:
+    """The assessment columns of a job's row as :meth:`StudyAssessment.to_json` writes it
+    (None for a job without one)."""
+    exam, exam_category, right, right_category, left, left_category, low, elevated = columns
+    if exam is None:
+        return None
+
+    def scope(score: float | None, category: str | None) -> dict[str, Any] | None:
+        return None if score is None else {"score": round(score, 4), "category": category}
+
+    return {"exam": scope(exam, exam_category), "right": scope(right, right_category),
+            "left": scope(left, left_category),
+            "thresholds": {"low": low, "elevated": elevated}}
 
 
 def iso(value: datetime | str | None) -> str | None:

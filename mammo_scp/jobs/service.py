@@ -18,8 +18,9 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mammo_scp.assessment import StudyAssessment
 from mammo_scp.db import Database
-from mammo_scp.jobs.models import Delivery, Instance, Job, JobEvent, Study, utcnow
+from mammo_scp.jobs.models import Assessment, Delivery, Instance, Job, JobEvent, Study, utcnow
 from mammo_scp.jobs.states import (
     ALLOWED_TRANSITIONS,
     CompletionTrigger,
@@ -81,6 +82,28 @@ def record_stage(db: Database, job_id: int, stage: str, duration_ms: float, mess
     with db.session() as session:
         session.add(JobEvent(job_id=job_id, stage=stage, duration_ms=duration_ms,
                              message=message, worker=worker))
+
+
+def record_assessment(session: Session, job_id: int,
+                      assessment: StudyAssessment | None) -> None:
+    """Keep the job's breast and exam assessment (a re-run replaces it; a run without any
+    analysed image removes it)."""
+    row = session.get(Assessment, job_id)
+    if assessment is None:
+        if row is not None:
+            session.delete(row)
+        return
+    if row is None:
+        row = Assessment(job_id=job_id)
+        session.add(row)
+    row.exam_score, row.exam_category = assessment.exam.score, assessment.exam.category
+    row.right_score = assessment.right.score if assessment.right else None
+    row.right_category = assessment.right.category if assessment.right else None
+    row.left_score = assessment.left.score if assessment.left else None
+    row.left_category = assessment.left.category if assessment.left else None
+    row.low_threshold = assessment.thresholds.low
+    row.elevated_threshold = assessment.thresholds.elevated
+    row.assessed_at = utcnow()
 
 
 def create_job(session: Session, study: Study, trigger: CompletionTrigger,

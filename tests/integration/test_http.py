@@ -14,15 +14,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from pydicom import dcmread
 
+from mammo_scp.assessment import Category
 from mammo_scp.config import Settings
 from mammo_scp.db import Database, upgrade
 from mammo_scp.http import NodeState, start_http
+from mammo_scp.jobs.models import Assessment, JobEvent
+from mammo_scp.jobs.service import retry_job
 from mammo_scp.jobs.states import JobState
+from mammo_scp.pipeline import default_pipeline
 from mammo_scp.store.spool import Spool
 from tests.support.inprocess import AET, InProcessNode
 from tests.support.mg import four_view_study
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
+from tests.support.stub_analyzer import StubAnalyzer
 
 CHROMIUM = shutil.which("chromium")
 
@@ -69,6 +76,68 @@ def test_health_readiness_and_metrics_follow_a_study(
     load = 'mammo_stage_duration_seconds_count{stage="load"}'
     assert _metric(after, load) - _metric(before, load) == 1
     assert _metric(after, "mammo_associations_total", '{outcome="accepted"}') >= 1
+
+
+def test_the_assessment_reaches_metrics_and_status_page_and_a_rerun_sends_the_same(
+    make_node: Callable[..., InProcessNode], tmp_path: Path
+) -> None:
+    """Issue 26: the exam and breast categories of a processed study are counted in
+    /metrics, shown on the status page and kept in the database; `jobs retry` runs the
+    models again and sends the same objects (same UIDs, same assessment)."""
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        node = make_node(pacs.port, default_pipeline(StubAnalyzer(), cad_sr=True))
+        _, before = _get(node.http + "/metrics")
+        _, files = four_view_study(tmp_path / "study")
+        assert storescu(node.settings.port, AET, files).returncode == 0
+        wait_for(lambda: node.jobs() and node.jobs()[0].state == JobState.DONE, 60,
+                 what="the study to be processed")
+        _, after = _get(node.http + "/metrics")
+        _, page = _get(node.http + "/")
+        first = _received(pacs)
+
+        job_id = node.jobs()[0].id
+        retry_job(node.db, job_id)
+        wait_for(lambda: _done_twice(node, job_id), 60, what="the re-run")
+        again = _received(pacs)
+        with node.db.read_session() as session:
+            rows = session.scalars(sa.select(Assessment)).all()
+            assert [(r.job_id, r.exam_category, r.right_category, r.left_category)
+                    for r in rows] == [(job_id, Category.ELEVATED, Category.ELEVATED,
+                                        Category.ELEVATED)]
+    finally:
+        pacs.stop()
+
+    def grew(labels: str) -> float:
+        name = "mammo_assessments_total"
+        return _metric(after, name, labels) - _metric(before, name, labels)
+
+    # the stub detector's box scores 0.85 on every view, above its finding threshold 0.5
+    assert grew('{category="elevated",scope="exam"}') == 1
+    assert grew('{category="elevated",scope="breast"}') == 2
+    assert grew('{category="low",scope="exam"}') == 0
+    assert _metric(after, "mammo_exam_score_count") - _metric(before, "mammo_exam_score_count") \
+        == 1
+    assert re.search(r"<td><span class='assessment-elevated'>elevated 85%</span><br>"
+                     r"<small>R elevated 85%, L elevated 85%</small></td>", page), page
+    kinds = sorted(kind for kind, _ in first)
+    assert kinds == ["CAD_SR", "SEG", "SEG", "SEG", "SEG", "SR"]
+    assert set(again) == set(first)  # the same objects: nothing new at the PACS
+
+
+def _received(pacs: StoreSCP) -> list[tuple[str, str]]:
+    """(kind, SOP Instance UID) of every object the PACS holds."""
+    kind = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.88.34": "SR",
+            "1.2.840.10008.5.1.4.1.1.88.50": "CAD_SR"}
+    return [(kind[str(ds.SOPClassUID)], str(ds.SOPInstanceUID))
+            for ds in (dcmread(f) for f in pacs.files())]
+
+
+def _done_twice(node: InProcessNode, job_id: int) -> bool:
+    with node.db.read_session() as session:
+        done = session.scalar(sa.select(sa.func.count()).select_from(JobEvent).where(
+            JobEvent.job_id == job_id, JobEvent.to_state == JobState.DONE))
+    return done == 2
 
 
 def test_readiness_fails_when_the_database_is_down(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ class StubAnalyzer(Analyzer):
         self.precision, self.precision_reason = "fp32", "stub"
         self.spacing_mm = self.detector_spacing_mm = spacing_mm
         self.mask_threshold, self.mask_mode, self.mask_min_area_mm2 = 0.5, "all", 0.0
+        self.mask_confident = 1.0  # mask mode finding_or_confident: never confident alone
         self.mask_tta = False
         self.shared_backbone = False
         self.score_threshold = 0.5

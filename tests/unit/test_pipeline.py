@@ -13,6 +13,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from mammo_scp.assessment import Category, Thresholds
 from mammo_scp.dicom import VIEW_CODES
 from mammo_scp.pipeline import NO_FINDINGS_KIND, InstanceRecord, JobContext, default_pipeline
 from mammo_scp.store.ingest import laterality_of, view_of
@@ -116,6 +117,68 @@ def test_a_study_with_findings_gets_no_no_findings_report(tmp_path: Path) -> Non
     kinds = sorted(r.kind for r in ctx.results)
     assert NO_FINDINGS_KIND not in kinds
     assert kinds.count("GSPS") == 4 and "SR" in kinds  # the stub finds a mass on each image
+
+
+def test_the_study_is_assessed_per_breast_and_exam(tmp_path: Path) -> None:
+    """Issue 26: the stub detector's box scores 0.85, above its finding threshold 0.5, on
+    every view: each breast carries a finding and is elevated; the report says so."""
+    ctx = _run(tmp_path, _study(), cad_sr=True)
+    assessment = ctx.assessment
+    assert assessment is not None and assessment.right is not None
+    assert assessment.thresholds == Thresholds(low=0.25, elevated=0.5)  # the default low
+    assert assessment.exam.category is Category.ELEVATED
+    assert assessment.exam.score == pytest.approx(0.85)
+    assert assessment.right.category is Category.ELEVATED
+    assert all(a.findings for a in ctx.analyses.values())
+    (report,) = [r.dataset for r in ctx.results if r.kind == "SR"]
+    texts = _texts(report)
+    assert "AI mass assessment: exam elevated (85%); right elevated (85%), left elevated (85%)" \
+        in texts
+    (cad,) = [r.dataset for r in ctx.results if r.kind == "CAD_SR"]
+    assert f"AI mass assessment: {assessment.summary()}" in _texts(cad)
+
+
+def test_a_study_without_findings_is_assessed_low(tmp_path: Path) -> None:
+    ctx = _run(tmp_path, _study(), FindsNothing(), cad_sr=False)
+    assert ctx.assessment is not None
+    assert ctx.assessment.summary() == "exam low (0%); right low (0%), left low (0%)"
+    (report,) = [r.dataset for r in ctx.results if r.kind == NO_FINDINGS_KIND]
+    assert "low" in _texts(report)
+
+
+def test_the_assessment_is_of_the_images_the_objects_were_made_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both left views skipped in encode (their SEGs cannot be written): the study objects
+    and the assessment are of the right breast alone."""
+    import mammo_scp.encode as encode
+
+    study = _study()
+    left = {str(ds.SOPInstanceUID) for ds in study if ds.ImageLaterality == "L"}
+    real_build_seg = encode.build_seg
+
+    def build_seg(source: Dataset, analysis: object) -> Dataset | None:
+        seg = real_build_seg(source, analysis)  # type: ignore[arg-type]
+        if seg is not None and analysis.sop_instance_uid in left:  # type: ignore[attr-defined]
+            seg.add_new(0x00209161, "UI", 12345)  # an int where a UID string must be
+        return seg
+
+    monkeypatch.setattr(encode, "build_seg", build_seg)
+    ctx = _run(tmp_path, study)
+    assert set(ctx.skipped) == left
+    assert ctx.assessment is not None and ctx.assessment.left is None
+    assert ctx.assessment.summary() == "exam elevated (85%); right elevated (85%)"
+    (report,) = [r.dataset for r in ctx.results if r.kind == "SR"]
+    assert "AI mass assessment: exam elevated (85%); right elevated (85%)" in _texts(report)
+
+
+def _texts(ds: Dataset) -> list[str]:
+    """Every TEXT value anywhere in the content tree."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT":
+            found.append(str(item.TextValue))
+        found += _texts(item)
+    return found
 
 
 class _Raising(StubAnalyzer):
