@@ -133,8 +133,23 @@ def _decode(taps: list[Any], cfg: UNetConfig, dtype: Any, fold_bn: bool) -> Any:
         x = _block(x, filters, cfg.dropout(level - 1), cfg, f"dec{level}", dtype, fold_bn)
     x = layers.Conv2D(1, 1, activation="sigmoid", name="head", dtype="float32",
                       bias_initializer=keras.initializers.Constant(cfg.head_bias))(x)
-    return layers.UpSampling2D(2, interpolation="bilinear", name="to_image",
-                               dtype="float32")(x)
+    return Upsample2x(name="to_image", dtype="float32")(x)
+
+
+class Upsample2x(layers.Layer):
+    """Bilinear doubling of the map, as ``UpSampling2D(2, interpolation="bilinear")`` (the
+    same values), on maps whose size is known only when called: Keras' layer cannot be
+    traced for a ``(None, None, None, C)`` input signature, which the node uses so that
+    images of every size share one graph."""
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.image.resize(x, 2 * tf.shape(x)[1:3], method="bilinear")
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
 
 
 def dice_coefficient(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:

@@ -326,3 +326,8 @@ def test_a_unet_on_its_own_imagenet_encoder_trains_and_folds(imported):
     folded = build_unet(cfg, fold_bn=True)
     fold_batch_norm(net, folded)
     np.testing.assert_allclose(folded(x).numpy(), net(x, training=False).numpy(), atol=1e-4)
+    # traced once for images of any size, as the analyzer calls it
+    traced = tf.function(lambda image: folded(image, training=False),
+                         input_signature=[tf.TensorSpec([None, None, None, 1])])
+    np.testing.assert_allclose(traced(x[:1, :48]).numpy(), folded(x[:1, :48]).numpy(),
+                               atol=1e-6)
