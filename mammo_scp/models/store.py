@@ -98,11 +98,17 @@ def save_model(models_dir: Path, name: str, version: str,
     members = weights if weights and isinstance(weights[0], list) else [weights]
     folder = models_dir / name / version
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
+    arrays, wide = {}, []
     for k, member in enumerate(members):
         for i, w in enumerate(member):
-            a = np.asarray(w)
-            arrays[f"{_member_prefix(k)}w{i:04d}"] = a.astype(dtype) if a.dtype.kind == "f" else a
+            a, key = np.asarray(w), f"{_member_prefix(k)}w{i:04d}"
+            if a.dtype.kind == "f" and a.size and np.abs(a).max() > np.finfo(dtype).max:
+                # past the range of ``dtype`` (an ImageNet stem's batch-norm variance reaches
+                # 8e4, float16 ends at 65504): kept in float32, not written as infinity
+                arrays[key] = a.astype(np.float32)
+                wide.append(key)
+            else:
+                arrays[key] = a.astype(dtype) if a.dtype.kind == "f" else a
     path = folder / WEIGHTS
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
     full = dict(manifest)
@@ -110,6 +116,8 @@ def save_model(models_dir: Path, name: str, version: str,
     full["weights"] = {"file": WEIGHTS, "sha256": sha256_of(path), "dtype": dtype,
                        "bytes": path.stat().st_size, "arrays": len(arrays),
                        "members": len(members)}
+    if wide:
+        full["weights"]["float32_arrays"] = wide
     (folder / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
     logger.info("saved %s %s (%d bytes)", name, version, path.stat().st_size)
     return folder

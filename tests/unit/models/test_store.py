@@ -38,6 +38,20 @@ def test_round_trip_in_float16_with_a_manifest(tmp_path):
     assert np.allclose(bundle.weights[0], np.linspace(-1, 1, 12).reshape(3, 4), atol=1e-3)
 
 
+def test_an_array_past_float16_s_range_is_kept_in_float32_not_as_infinity(tmp_path):
+    variance = np.array([83614.7, 2.5, 0.001], np.float32)  # an ImageNet stem's BN variance
+    folder = save_model(tmp_path, "unet", "1.0.0", [np.ones((2, 2), np.float32), variance],
+                        {"architecture": {"kind": "unet", "config": {}},
+                         "input": {"pixel_spacing_mm": 0.4}, "thresholds": {}})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights"]["dtype"] == "float16"
+    assert manifest["weights"]["float32_arrays"] == ["w0001"]
+    with np.load(folder / "weights.npz") as z:
+        assert z["w0000"].dtype == np.float16 and z["w0001"].dtype == np.float32
+    back = load_model(tmp_path, "unet").weights
+    np.testing.assert_array_equal(back[1], variance)
+
+
 def test_an_ensemble_keeps_each_member_s_weights_in_one_verified_file(tmp_path):
     members = [[np.full((2, 3), k, np.float32), np.arange(3.0) + k] for k in range(3)]
     folder = save_model(tmp_path, "frcnn", "2.0.0", members,
