@@ -193,28 +193,26 @@ class Scored:
     mass: bool
 
 
-def breasts_of(images: Sequence[Mapping[str, Any]]) -> list[Scored]:
-    """One entry per woman and laterality: the highest ``mass_score`` of its images, a mass
-    breast when one of them holds a mass."""
-    grouped: dict[tuple[str, str], Scored] = {}
+def _grouped(images: Sequence[Mapping[str, Any]], keys: tuple[str, ...]) -> list[Scored]:
+    """One entry per value of the images' ``keys``: the highest ``mass_score`` of its images,
+    holding a mass when one of them does."""
+    grouped: dict[tuple[str, ...], Scored] = {}
     for image in images:
-        key = (str(image["woman"]), str(image["laterality"]))
+        key = tuple(str(image[k]) for k in keys)
         seen = grouped.get(key, Scored(0.0, False))
         grouped[key] = Scored(max(seen.score, float(image["mass_score"])),
                               seen.mass or bool(image["mass"]))
     return list(grouped.values())
+
+
+def breasts_of(images: Sequence[Mapping[str, Any]]) -> list[Scored]:
+    """One entry per woman and laterality (a breast)."""
+    return _grouped(images, ("woman", "laterality"))
 
 
 def exams_of(images: Sequence[Mapping[str, Any]]) -> list[Scored]:
-    """One entry per woman: the highest ``mass_score`` of her images, a mass exam when one
-    of them holds a mass."""
-    grouped: dict[str, Scored] = {}
-    for image in images:
-        key = str(image["woman"])
-        seen = grouped.get(key, Scored(0.0, False))
-        grouped[key] = Scored(max(seen.score, float(image["mass_score"])),
-                              seen.mass or bool(image["mass"]))
-    return list(grouped.values())
+    """One entry per woman (an exam)."""
+    return _grouped(images, ("woman",))
 
 
 def choose_low_threshold(images: Sequence[Mapping[str, Any]],

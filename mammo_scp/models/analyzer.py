@@ -80,8 +80,13 @@ def mask_regions(prob: np.ndarray, threshold: float, min_area_px: float
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     regions = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
     regions.sort(key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
-    peaks = [(i, float(prob[labels == i].max())) for i in regions]
-    return labels, peaks
+
+    def peak(i: int) -> float:  # within the region's bounding box only
+        x, y, w, h = stats[i, :4]
+        window = (slice(y, y + h), slice(x, x + w))
+        return float(prob[window][labels[window] == i].max())
+
+    return labels, [(i, peak(i)) for i in regions]
 
 
 def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
@@ -122,29 +127,21 @@ def finding_windows(boxes: np.ndarray, shape: tuple[int, int], margin: int = WIN
     each box with ``margin`` around it, their corners on multiples of ``multiple`` (where
     the U-Net's poolings line up with the whole image's); overlapping windows are merged."""
     rows, cols = shape
-    windows: list[list[int]] = []
+    windows: list[tuple[int, int, int, int]] = []  # never two that overlap
     for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        r0 = max(0, int(np.floor((y0 - margin) / multiple)) * multiple)
-        c0 = max(0, int(np.floor((x0 - margin) / multiple)) * multiple)
-        r1 = min(rows, int(np.ceil((y1 + margin) / multiple)) * multiple)
-        c1 = min(cols, int(np.ceil((x1 + margin) / multiple)) * multiple)
-        if r1 > r0 and c1 > c0:
-            windows.append([r0, c0, r1, c1])
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(windows)):
-            for j in range(i + 1, len(windows)):
-                a, b = windows[i], windows[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    windows[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
-                                  max(a[3], b[3])]
-                    del windows[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return [(r0, c0, r1, c1) for r0, c0, r1, c1 in windows]
+        w = (max(0, int(np.floor((y0 - margin) / multiple)) * multiple),
+             max(0, int(np.floor((x0 - margin) / multiple)) * multiple),
+             min(rows, int(np.ceil((y1 + margin) / multiple)) * multiple),
+             min(cols, int(np.ceil((x1 + margin) / multiple)) * multiple))
+        if w[2] <= w[0] or w[3] <= w[1]:
+            continue
+        # absorb every window it overlaps, again as it grows
+        while hit := next((o for o in windows if o[0] < w[2] and w[0] < o[2]
+                           and o[1] < w[3] and w[1] < o[3]), None):
+            windows.remove(hit)
+            w = (min(w[0], hit[0]), min(w[1], hit[1]), max(w[2], hit[2]), max(w[3], hit[3]))
+        windows.append(w)
+    return windows
 
 
 #: A detection is dropped when less than this share of its box lies on the image the

@@ -136,7 +136,7 @@ def _decode(taps: list[Any], cfg: UNetConfig, dtype: Any, fold_bn: bool) -> Any:
     return Upsample2x(name="to_image", dtype="float32")(x)
 
 
-class Upsample2x(layers.Layer):
+class Upsample2x(layers.Layer):  # type: ignore[misc]
     """Bilinear doubling of the map, as ``UpSampling2D(2, interpolation="bilinear")`` (the
     same values), on maps whose size is known only when called: Keras' layer cannot be
     traced for a ``(None, None, None, C)`` input signature, which the node uses so that

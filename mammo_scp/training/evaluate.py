@@ -217,18 +217,18 @@ def choose_mask_confidence(records: Sequence[Any], analyzer: Any, max_normal: in
     most ``max_normal`` of the images without a mass and without a reported finding get a
     mask. Also returns each image's peak and whether a finding was reported on it.
     """
-    from mammo_scp.models.analyzer import mask_regions
+    from mammo_scp.models.analyzer import PAD_MULTIPLE, mask_regions
     from mammo_scp.preprocess import FlipMode, preprocess_array
     from mammo_scp.training.data import read_source
 
+    if analyzer.detector_spacing_mm != analyzer.spacing_mm:
+        raise ValueError("choose_mask_confidence needs both models at one spacing")
     rows = []
     min_area_px = analyzer.mask_min_area_mm2 / analyzer.spacing_mm ** 2
     for rec in records:
         pre = preprocess_array(read_source(rec), rec.spacing_mm,
                                model_spacing_mm=analyzer.spacing_mm, laterality=rec.laterality,
-                               flip=FlipMode.AUTO, pad_multiple=32)
-        if analyzer.detector_spacing_mm != analyzer.spacing_mm:
-            raise ValueError("choose_mask_confidence needs both models at one spacing")
+                               flip=FlipMode.AUTO, pad_multiple=PAD_MULTIPLE)
         det = analyzer.detect(pre.image)
         _, peaks = mask_regions(analyzer.segment(pre.image), analyzer.mask_threshold,
                                 min_area_px)

@@ -172,5 +172,5 @@ def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra
         {"train": {**asdict(cfg), **extra}, "model": model_cfg}, indent=2))
 
 
-__all__ = ["Looks", "TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights", "load_npz",
-           "make_examples", "mass_patches", "optimizer", "save_npz", "write_config"]
+__all__ = ["Looks", "TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights",
+           "load_npz", "make_examples", "mass_patches", "optimizer", "save_npz", "write_config"]

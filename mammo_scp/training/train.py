@@ -95,9 +95,8 @@ def digital_looks(cfg: TrainConfig, train: list[Sample]) -> Looks | None:
     if cfg.digital_look <= 0:
         return None
     t0 = time.time()
-    variants = [[training_triples([make_sample(s.record, cfg.model_spacing_mm,
-                                               look_rng=np.random.default_rng(
-                                                   [cfg.seed, 7919, i, k]))])[0][0]
+    variants = [[_triple(make_sample(s.record, cfg.model_spacing_mm,
+                                     look_rng=np.random.default_rng([cfg.seed, 7919, i, k])))
                  for k in range(cfg.digital_variants)]
                 for i, s in enumerate(train)]
     looks = Looks(variants, mass_patches([t for per in variants for t in per]))
@@ -107,10 +106,14 @@ def digital_looks(cfg: TrainConfig, train: list[Sample]) -> Looks | None:
     return looks
 
 
+def _triple(sample: Sample) -> Triple:
+    """A sample as the recipe takes it: image, lesion masks, labels."""
+    return sample.image, sample.lesion_masks, [les.label for les in sample.record.lesions]
+
+
 def training_triples(train: list[Sample]) -> tuple[list[Triple], list[bool]]:
     """The training samples as the recipe takes them, and which of them hold a mass."""
-    return ([(s.image, s.lesion_masks, [les.label for les in s.record.lesions]) for s in train],
-            [s.record.is_mass for s in train])
+    return [_triple(s) for s in train], [s.record.is_mass for s in train]
 
 
 # ------------------------------------------------------------------------------ checkpoints

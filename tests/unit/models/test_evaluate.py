@@ -191,4 +191,5 @@ def test_the_confidence_lets_at_most_so_many_normal_images_without_a_finding_thr
     assert chosen["normal_without_finding_masked"] == 2
     assert [r["finding"] for r in chosen["images"]] == [False, False, False, True, False, False]
     none = choose_mask_confidence([*normals, mass], Maps(), max_normal=0)
-    assert none["mask_confident"] > float(np.float32(0.9)) and none["normal_without_finding_masked"] == 0
+    assert none["mask_confident"] > float(np.float32(0.9))
+    assert none["normal_without_finding_masked"] == 0
