@@ -132,6 +132,18 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     mc.add_argument("--out", type=Path, default=None, help="JSON file to write")
     mc.set_defaults(func=_mask_confidence)
 
+    cp = sub.add_parser("compare",
+                        help="two model folders' detectors on the same validation women: each "
+                             "one's FROC and a paired bootstrap by woman of the difference")
+    cp.add_argument("--data", type=Path, required=True)
+    cp.add_argument("--models", type=Path, required=True, action="append",
+                    help="give it twice: the first (e.g. what ships), then the candidate")
+    cp.add_argument("--rates", type=float, nargs="+", default=[0.25, 1.0],
+                    help="false positives per image at which to compare sensitivity")
+    cp.add_argument("--rounds", type=int, default=2000)
+    cp.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    cp.set_defaults(func=_compare)
+
     ev = sub.add_parser("evaluate", help="FROC, AUC, Dice and IoU on the validation women")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--models", type=Path, required=True)
@@ -573,6 +585,16 @@ def _validation_records(analyzer: Any, data: Path, every: bool = False
     return records, "all images"
 
 
+def _print_json(figures: dict[str, Any], out: Path | None) -> int:
+    """Print ``figures`` as JSON, and write them to ``out`` too when given."""
+    text = json.dumps(figures, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def _mask_confidence(args: argparse.Namespace) -> int:
     from mammo_scp.models.analyzer import Analyzer
     from mammo_scp.training.evaluate import choose_mask_confidence
@@ -582,12 +604,28 @@ def _mask_confidence(args: argparse.Namespace) -> int:
     chosen = {**choose_mask_confidence(records, analyzer, args.max_normal), "scope": scope,
               "models": {"unet": analyzer.segmenter_info.version,
                          "frcnn": analyzer.detector_info.version}}
-    text = json.dumps(chosen, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return _print_json(chosen, args.out)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mammo_scp.models.analyzer import Analyzer
+    from mammo_scp.training.evaluate import compare
+
+    if len(args.models) != 2:
+        print("error: give --models twice: the folder to compare against, then the candidate",
+              file=sys.stderr)
+        return 2
+    first, second = (Analyzer.load(folder) for folder in args.models)
+    records, scope = _validation_records(first, args.data)
+    if [r.key for r in _validation_records(second, args.data)[0]] != [r.key for r in records]:
+        print("error: the two folders' U-Nets hold out different women; compare only models "
+              "of one split", file=sys.stderr)
+        return 2
+    figures = {**compare(records, first, second, args.rates, args.rounds), "scope": scope,
+               "models": [{"folder": str(folder), "unet": a.segmenter_info.version,
+                           "frcnn": a.detector_info.version}
+                          for folder, a in zip(args.models, (first, second), strict=True)]}
+    return _print_json(figures, args.out)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -303,3 +303,29 @@ def test_hard_negatives_are_mined_on_training_women_and_steer_the_detector(
     err = capsys.readouterr().err
     assert "frcnn) only" in err and "no hard-negative file" in err and "9.9.9" in err
     assert "between 0 and 1, got 1.5" in err
+
+
+def test_compare_runs_both_folders_on_the_same_women(mias_dir, models_dir, tmp_path, capsys):
+    """The shipped models against themselves on two held-out women (links to the real
+    mini-MIAS images, the shared folder's truth): equal FROCs and no difference in any round."""
+    data = tmp_path / "mias"
+    data.mkdir()
+    keep = {"mdb005", "mdb006", "mdb069", "mdb070"}
+    lines = (mias_dir / "annotations.csv").read_text().splitlines()
+    (data / "annotations.csv").write_text("\n".join(
+        [lines[0]] + [line for line in lines[1:] if line.split(",")[0] in keep]) + "\n")
+    for key in keep:
+        (data / f"{key}.png").symlink_to(mias_dir / f"{key}.png")
+    assert _run("models", "compare", "--data", str(data), "--models", str(models_dir)) == 2
+    assert "give --models twice" in capsys.readouterr().err
+    out = tmp_path / "compare.json"
+    assert _run("models", "compare", "--data", str(data), "--models", str(models_dir),
+                "--models", str(models_dir), "--rounds", "50", "--out", str(out)) == 0
+    figures = json.loads(out.read_text())
+    assert figures["scope"] == "validation women of the manifest split"
+    first, second = figures["froc"]
+    assert first == second and first["4.0"] > 0  # the shipped detector finds those masses
+    for rate in ("0.25", "1.0"):
+        assert figures["paired_bootstrap"]["rates"][rate]["difference"] == 0.0
+        assert figures["paired_bootstrap"]["rates"][rate]["share_second_higher"] == 0.0
+    assert figures["paired_bootstrap"]["women"] == 2

@@ -15,6 +15,7 @@ from mammo_scp.training.evaluate import (
     evaluate,
     froc_curve,
     froc_points,
+    paired_bootstrap,
     plot_froc,
     roc_auc,
     threshold_for_rate,
@@ -65,6 +66,26 @@ def test_the_bootstrap_resamples_women_and_says_how_often_the_floors_hold():
     # the same seed, the same figures
     assert mixed == bootstrap_by_woman([hit, normal, miss, normal], [0.9, None, 0.1, None],
                                        ["a", "a", "b", "b"], rounds=2000, seed=1)
+
+
+def test_the_paired_bootstrap_draws_the_same_women_for_both_detectors():
+    hit = (np.array([[45.0, 45.0, 55.0, 55.0]]), np.array([0.9]), [(50.0, 50.0, 10.0)])
+    miss = (np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([0.9]), [(50.0, 50.0, 10.0)])
+    normal = (np.zeros((0, 4)), np.zeros(0), [])
+    women = ["a", "a", "b", "b"]
+    # a detector against itself: no difference in any round
+    same = paired_bootstrap([hit, normal, miss, normal], [hit, normal, miss, normal], women,
+                            rates=(1.0,), rounds=300)
+    assert same["rates"]["1.0"] == {"difference": 0.0, "interval": [0.0, 0.0],
+                                    "share_second_higher": 0.0, "share_second_lower": 0.0}
+    # the second finds woman b's mass too: never worse, better whenever b is drawn
+    better = paired_bootstrap([hit, normal, miss, normal], [hit, normal, hit, normal], women,
+                              rates=(1.0,), rounds=2000, seed=3)["rates"]["1.0"]
+    assert better["difference"] == 0.5 and better["share_second_lower"] == 0.0
+    assert abs(better["share_second_higher"] - 0.75) < 0.04  # rounds that draw b at least once
+    assert better["interval"] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="one for one"):
+        paired_bootstrap([hit], [hit, normal], ["a"])
 
 
 def test_a_box_whose_centre_is_outside_is_a_false_positive():
