@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,18 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def woman_draws(women: Sequence[str], rounds: int, seed: int) -> Iterator[list[int]]:
+    """``rounds`` resamples of whole women with replacement (a woman's images stay together),
+    each as the indices of the images drawn."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, woman in enumerate(women):
+        groups.setdefault(woman, []).append(i)
+    members = list(groups.values())
+    for _ in range(rounds):
+        yield [i for g in rng.integers(len(members), size=len(members)) for i in members[g]]
+
+
 def bootstrap_by_woman(per_image: Sequence[ImageDetections], dices: Sequence[float | None],
                        women: Sequence[str], rounds: int = 2000, seed: int = 0,
                        level: float = 0.95) -> dict[str, Any]:
@@ -113,14 +125,8 @@ def bootstrap_by_woman(per_image: Sequence[ImageDetections], dices: Sequence[flo
     (``dices``: one per image, None for an image without a mass). Gives the percentile
     interval at ``level`` and the share of rounds at or above each floor.
     """
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for i, woman in enumerate(women):
-        groups.setdefault(woman, []).append(i)
-    members = list(groups.values())
     figures: dict[str, list[float]] = {"sensitivity_at_1fp": [], "dice_mass_images": []}
-    for _ in range(rounds):
-        idx = [i for g in rng.integers(len(members), size=len(members)) for i in members[g]]
+    for idx in woman_draws(women, rounds, seed):
         sample = [per_image[i] for i in idx]
         if any(len(circles) for _, _, circles in sample):
             figures["sensitivity_at_1fp"].append(froc_points(sample, (1.0,))[0])
@@ -128,7 +134,7 @@ def bootstrap_by_woman(per_image: Sequence[ImageDetections], dices: Sequence[flo
         if drawn:
             figures["dice_mass_images"].append(float(np.mean(drawn)))
     tail = (1.0 - level) / 2.0 * 100.0
-    out: dict[str, Any] = {"by": "woman", "women": len(members), "rounds": rounds,
+    out: dict[str, Any] = {"by": "woman", "women": len(set(women)), "rounds": rounds,
                            "seed": seed, "level": level}
     for key, values in figures.items():
         arr = np.asarray(values)
@@ -153,14 +159,8 @@ def paired_bootstrap(first: Sequence[ImageDetections], second: Sequence[ImageDet
     """
     if not len(first) == len(second) == len(women):
         raise ValueError("both detectors' images and the women must match one for one")
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for i, woman in enumerate(women):
-        groups.setdefault(woman, []).append(i)
-    members = list(groups.values())
     diffs: list[np.ndarray] = []
-    for _ in range(rounds):
-        idx = [i for g in rng.integers(len(members), size=len(members)) for i in members[g]]
+    for idx in woman_draws(women, rounds, seed):
         if not any(len(first[i][2]) for i in idx):
             continue  # no mass drawn: no sensitivity to compare
         diffs.append(np.subtract(froc_points([second[i] for i in idx], rates),
@@ -168,7 +168,7 @@ def paired_bootstrap(first: Sequence[ImageDetections], second: Sequence[ImageDet
     observed = np.subtract(froc_points(second, rates), froc_points(first, rates))
     arr = np.asarray(diffs).reshape(-1, len(rates))
     tail = (1.0 - level) / 2.0 * 100.0
-    out: dict[str, Any] = {"by": "woman", "women": len(members), "rounds": len(arr),
+    out: dict[str, Any] = {"by": "woman", "women": len(set(women)), "rounds": len(arr),
                            "seed": seed, "level": level, "rates": {}}
     for k, rate in enumerate(rates):
         col = arr[:, k]
