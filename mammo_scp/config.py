@@ -176,8 +176,10 @@ class Settings(BaseModel):
     finding_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # which U-Net regions become the SEG: "model" as the shipped U-Net's manifest says;
     # "with_finding" only regions touching a reported finding (the U-Net then runs only
-    # around findings: a view without one costs the detector alone)
-    mask_mode: Literal["model", "largest", "with_finding"] = "model"
+    # around findings: a view without one costs the detector alone); "near_candidates"
+    # the largest region of the U-Net run only around findings and the detector's top
+    # candidates (the U-Net manifest's mask_candidates)
+    mask_mode: Literal["model", "largest", "with_finding", "near_candidates"] = "model"
     cad_sr: bool = False
     #: below it a breast's or exam's score is "low"; None: the detector manifest's
     #: assessment_low (mammo_scp.assessment.detector_thresholds)

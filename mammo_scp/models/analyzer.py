@@ -37,7 +37,9 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 PAD_MULTIPLE = 32
 #: The IoU at which two member detectors' boxes count as one finding (an ensemble's fusion).
 FUSION_IOU = 0.3
-MASK_MODES = ("all", "largest", "with_finding", "finding_or_confident")
+MASK_MODES = ("all", "largest", "with_finding", "finding_or_confident", "near_candidates")
+#: mask modes in which the U-Net runs only on windows around the detector's boxes
+GATED_MASK_MODES = ("with_finding", "near_candidates")
 #: CPU flags (Linux /proc/cpuinfo) with which bfloat16 runs natively: AMX, or AVX-512 BF16.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -94,14 +96,16 @@ def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px:
     """Model-space mask from the U-Net map: drop small regions and, per ``mode``, keep all
     regions, only the largest, only those touching a reported finding's box, or those and
     also the largest when its peak probability reaches ``confident``
-    (``finding_or_confident``: the segmenter confident on its own)."""
+    (``finding_or_confident``: the segmenter confident on its own). ``near_candidates``
+    keeps the largest, as ``largest`` does, of a map computed only around the detector's
+    candidates (:meth:`Analyzer.segment_windows`)."""
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
     labels, peaks = mask_regions(prob, threshold, min_area_px)
     keep = np.zeros(int(labels.max()) + 1, dtype=bool)
     if mode == "all":
         keep[[i for i, _ in peaks]] = True
-    elif mode == "largest" and peaks:
+    elif mode in ("largest", "near_candidates") and peaks:
         keep[peaks[0][0]] = True
     elif mode in ("with_finding", "finding_or_confident"):
         candidates = {i for i, _ in peaks}
@@ -290,6 +294,9 @@ class Analyzer:
         # finding_or_confident: the peak probability at which the U-Net's largest region is
         # shown without a finding
         self.mask_confident = float(unet.thresholds.get("mask_confident", 1.0))
+        # near_candidates: the U-Net runs around every reported finding and the detector's
+        # this many highest-scoring candidates on the breast, whatever their score
+        self.mask_candidates = int(unet.thresholds.get("mask_candidates", 1))
         # test-time augmentation: average the U-Net over the image and its up/down mirror
         self.mask_tta = bool(unet.thresholds.get("tta_vflip", 0.0))
         self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5)
@@ -417,7 +424,23 @@ class Analyzer:
         """The boxes of the findings reported at the default threshold, in the U-Net's
         model space (the detector's boxes carried there via source pixels where the two
         models take different spacings)."""
-        reported = det.boxes[det.scores >= self.score_threshold]
+        return self._in_unet_space(det.boxes[det.scores >= self.score_threshold], pre,
+                                   pre_det)
+
+    def _window_boxes(self, det: Detections, pre: Preprocessed, pre_det: Preprocessed
+                      ) -> np.ndarray:
+        """Where a gated mask mode runs the U-Net (U-Net model space): around the reported
+        findings and, for ``near_candidates``, also the :attr:`mask_candidates`
+        highest-scoring candidates that lie on the breast."""
+        chosen = det.scores >= self.score_threshold
+        if self.mask_mode == "near_candidates":
+            on_breast = [i for i in np.argsort(-det.scores, kind="stable")
+                         if breast_box(det.boxes[i], pre_det.transform) is not None]
+            chosen[on_breast[:self.mask_candidates]] = True
+        return self._in_unet_space(det.boxes[chosen], pre, pre_det)
+
+    def _in_unet_space(self, reported: np.ndarray, pre: Preprocessed, pre_det: Preprocessed
+                       ) -> np.ndarray:
         if pre_det is pre:
             return reported
         corners = [pre.transform.from_source(pre_det.transform.box_to_source(b).reshape(2, 2))
@@ -429,12 +452,12 @@ class Analyzer:
              score_threshold: float | None) -> ImageAnalysis:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         t1 = time.perf_counter()
-        gated = self.mask_mode == "with_finding" and not self.shared_backbone
-        if gated:  # the detector first; the U-Net only around what it reports
+        gated = self.mask_mode in GATED_MASK_MODES and not self.shared_backbone
+        if gated:  # the detector first; the U-Net only around what it reports or proposes
             det = self.detect(pre_det.image)
             t2 = time.perf_counter()
             reported = self._reported_boxes(det, pre, pre_det)
-            prob = self.segment_windows(pre.image, reported)
+            prob = self.segment_windows(pre.image, self._window_boxes(det, pre, pre_det))
             model_ms = {"frcnn": (t2 - t1) * 1e3, "unet": (time.perf_counter() - t2) * 1e3}
         elif pre_det is pre:
             prob, det, model_ms = self.segment_and_detect(pre.image)
@@ -472,5 +495,5 @@ class Analyzer:
                              timings_ms=timings, mass_score=mass_score)
 
 
-__all__ = ["Analyzer", "Detections", "breast_box", "check_pairing", "finding_windows",
-           "fuse_detections", "mask_regions", "postprocess_mask"]
+__all__ = ["GATED_MASK_MODES", "Analyzer", "Detections", "breast_box", "check_pairing",
+           "finding_windows", "fuse_detections", "mask_regions", "postprocess_mask"]

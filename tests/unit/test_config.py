@@ -36,6 +36,11 @@ def test_the_operating_point_is_the_models_unless_configured(tmp_path: Path) -> 
     path.write_text('finding_threshold = 0.4\nmask_mode = "with_finding"\n')
     settings = load_settings(path, environ={})
     assert (settings.finding_threshold, settings.mask_mode) == (0.4, "with_finding")
+    path.write_text('mask_mode = "near_candidates"\n')
+    assert load_settings(path, environ={}).mask_mode == "near_candidates"
+    path.write_text('mask_mode = "biggest"\n')
+    with pytest.raises(ConfigError, match="mask_mode"):
+        load_settings(path, environ={})
 
 
 def test_destinations_from_environment_json() -> None:

@@ -33,6 +33,8 @@ def test_modes_keep_what_they_say():
     near_small = np.array([[24.0, 24.0, 30.0, 30.0]])
     assert postprocess_mask(prob, 0.5, "with_finding", 0, near_small).sum() == 16
     assert postprocess_mask(prob, 0.5, "with_finding", 0, np.zeros((0, 4))).sum() == 0
+    # near_candidates: the largest region of a map made around candidates, finding or not
+    assert postprocess_mask(prob, 0.5, "near_candidates", 0, np.zeros((0, 4))).sum() == 100
     with pytest.raises(ValueError, match="mask mode"):
         postprocess_mask(prob, 0.5, "biggest", 0, near_small)
     # finding_or_confident: the regions on a finding, and the largest if confident enough

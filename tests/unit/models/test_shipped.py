@@ -173,14 +173,20 @@ def test_bf16_weights_are_held_in_bfloat16_with_the_same_outputs(models_dir, mas
         assert np.array_equal(got.numpy(), wanted.numpy())
 
 
+def _record_segments(analyzer: Analyzer, shapes: list[tuple[int, ...]],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Append the shape of every image the analyzer's U-Net is run on to ``shapes``."""
+    segment = analyzer.segment
+    monkeypatch.setattr(analyzer, "segment", lambda image: shapes.append(image.shape)
+                        or segment(image))
+
+
 def test_with_finding_the_segmenter_runs_only_around_findings(models_dir, mass_image,
                                                                mias_dir, monkeypatch):
     gated = Analyzer.load(models_dir, finding_threshold=0.2, mask_mode="with_finding")
     assert gated.score_threshold == 0.2 and gated.mask_mode == "with_finding"
     shapes: list[tuple[int, ...]] = []
-    segment = gated.segment
-    monkeypatch.setattr(gated, "segment", lambda image: shapes.append(image.shape)
-                        or segment(image))
+    _record_segments(gated, shapes, monkeypatch)
     pixels, (row, col) = mass_image
     result = gated.analyze_array(pixels, 0.2, "L", "mass")
     assert result.findings and result.mask[row, col]
@@ -198,11 +204,32 @@ def test_with_finding_the_segmenter_runs_only_around_findings(models_dir, mass_i
     # nothing reported: the U-Net does not run and there is no mask
     shapes.clear()
     none = Analyzer.load(models_dir, finding_threshold=1.0, mask_mode="with_finding")
-    monkeypatch.setattr(none, "segment", lambda image: shapes.append(image.shape)
-                        or segment(image))
+    _record_segments(none, shapes, monkeypatch)
     empty = none.analyze_array(pixels, 0.2, "L", "mass")
     assert not empty.findings and not empty.mask.any() and shapes == []
     assert empty.mass_score == pytest.approx(result.mass_score)
+
+
+def test_near_candidates_the_segmenter_runs_around_the_top_candidates_finding_or_not(
+        models_dir, mass_image, monkeypatch):
+    gated = Analyzer.load(models_dir, finding_threshold=1.0, mask_mode="near_candidates")
+    gated.mask_candidates = 1
+    windows: list[tuple[int, ...]] = []
+    _record_segments(gated, windows, monkeypatch)
+    pixels, (row, col) = mass_image
+    result = gated.analyze_array(pixels, 0.2, "L", "mass")
+    # nothing is reported at 1.0, yet the U-Net ran once, on a window around the top
+    # candidate (the clear mass), and drew the mass there
+    assert not result.findings
+    whole = preprocess_array(pixels, 0.2, model_spacing_mm=gated.spacing_mm).image.shape
+    assert len(windows) == 1 and windows[0][0] * windows[0][1] < whole[0] * whole[1]
+    assert result.mask[row, col]
+    # with_finding at the same threshold draws nothing; largest draws the same mass
+    plain = Analyzer.load(models_dir, finding_threshold=1.0, mask_mode="largest")
+    assert plain.analyze_array(pixels, 0.2, "L", "mass").mask[row, col]
+    gated.mask_candidates = 0
+    windows.clear()
+    assert not gated.analyze_array(pixels, 0.2, "L", "mass").mask.any() and windows == []
 
 
 def test_an_unknown_mask_mode_is_refused(models_dir):
