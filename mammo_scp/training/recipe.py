@@ -56,6 +56,9 @@ class TrainConfig:
     ema: float | None = None  # decay of the weight average per step (e.g. 0.998), None: off
     digital_look: float = 0.0  # share of draws shown as a digital mammogram (training.looks)
     digital_variants: int = 2  # renderings of each training image in the digital look
+    teacher: str | None = None  # U-Net: a shipped U-Net whose maps the network also learns
+    teacher_weight: float = 1.0  # weight of the teacher's term in the loss
+    freeze_batch_norm: bool = False  # U-Net: batch norms keep their statistics and weights
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,7 +118,8 @@ class Looks:
 def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfig,
                   rng: np.random.Generator, patches: list[aug.MassPatch],
                   hard: Sequence[np.ndarray | None] | None = None,
-                  looks: Looks | None = None) -> list[aug.Example]:
+                  looks: Looks | None = None,
+                  soft: Sequence[np.ndarray] | None = None) -> list[aug.Example]:
     """The augmented examples of one batch, each cut to a ``cfg.crop`` window if set (all
     augmented first, then all cut: the order the random numbers are drawn in).
 
@@ -135,7 +139,8 @@ def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfi
         examples.append(aug.augment(image, masks, labels, cfg.train_shape, rng, patches=pool,
                                     spacing_mm=cfg.model_spacing_mm,
                                     insert_prob=cfg.insert_prob, scale=cfg.scale,
-                                    hard_regions=hard_i))
+                                    hard_regions=hard_i,
+                                    soft=None if soft is None else soft[i]))
     if cfg.crop is not None:
         examples = [aug.random_crop(e, cfg.crop, rng, cfg.crop_lesion_prob,
                                     cfg.hard_negative_prob) for e in examples]

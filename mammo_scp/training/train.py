@@ -34,6 +34,7 @@ from mammo_scp.models.unet import (
     build_decoder,
     build_unet,
     dice_coefficient,
+    distillation_loss,
     segmentation_loss,
 )
 from mammo_scp.training import augment as aug
@@ -233,6 +234,46 @@ def unet_val_dice(model: keras.Model, val: list[Sample]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def teacher_maps(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarray] | None:
+    """``cfg.teacher``'s probability map of each training sample (a shipped U-Net folder,
+    verified; its networks' maps averaged, each with its up/down mirror when its manifest
+    says ``tta_vflip``), for the network to learn beside the truth: distillation of an
+    ensemble into one network."""
+    if not cfg.teacher:
+        return None
+    from mammo_scp.models.store import load_model_folder
+
+    bundle = load_model_folder(Path(cfg.teacher))
+    ucfg = UNetConfig.from_dict(bundle.config)
+    if bundle.name != "unet" or ucfg.encoder != "own":
+        raise ValueError(f"{cfg.teacher} is not a U-Net with an encoder of its own")
+    if abs(bundle.spacing_mm - cfg.model_spacing_mm) > 1e-6:
+        raise ValueError(f"the teacher {cfg.teacher} works at {bundle.spacing_mm} mm; this run "
+                         f"trains at {cfg.model_spacing_mm} mm")
+    mirror = bool(bundle.thresholds.get("tta_vflip", 0.0))
+    nets = []
+    for weights in bundle.members:
+        net = build_unet(ucfg)
+        net.set_weights(weights)
+        nets.append(tf.function(lambda x, net=net: net(x, training=False),
+                                input_signature=[tf.TensorSpec([None, None, None, 1])]))
+    t0 = time.time()
+    maps = []
+    for sample in train:
+        x = sample.image[None, :, :, None].astype(np.float32)
+        if mirror:
+            x = np.concatenate([x, x[:, ::-1]])
+        total = np.zeros(sample.image.shape, np.float32)
+        for fn in nets:
+            out = np.asarray(fn(tf.constant(x)), np.float32)[..., 0]
+            total += (out[0] + out[1, ::-1]) / 2.0 if mirror else out[0]
+        maps.append(total / len(nets))
+    logger.info("teacher %s %s: maps of %d training images (%d networks%s) in %.0f s",
+                bundle.name, bundle.version, len(maps), len(nets), ", mirrored" if mirror else "",
+                time.time() - t0)
+    return maps
+
+
 def load_detector(path: Path) -> FasterRCNN:
     """A trained detector (training form): a shipped folder (``models/frcnn/2.0.0``, verified)
     or a run folder (its ``last.npz``)."""
@@ -295,18 +336,27 @@ def train_unet(cfg: TrainConfig) -> Path:
     if cfg.init_weights:
         shipped.set_weights(load_init_weights(Path(cfg.init_weights)))
         logger.info("initialised from %s", cfg.init_weights)
+    if cfg.freeze_batch_norm:  # fine-tuning on windows must not move whole-image statistics
+        frozen = [layer for layer in shipped.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in frozen:
+            layer.trainable = False
+        logger.info("%d batch norms frozen (their statistics and weights)", len(frozen))
     triples, has_mass = training_triples(train)
     looks = digital_looks(cfg, train)
+    soft = teacher_maps(cfg, train)
     rng, optimizer, state, average = start_run(cfg, has_mass, list(model.variables),
                                                model.trainable_variables)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
 
     @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
-    def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(x: tf.Tensor, y: tf.Tensor, t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             loss = segmentation_loss(y, pred)
+            if soft is not None:  # the truth wins where the teacher is lower (inserted masses)
+                loss += cfg.teacher_weight * distillation_loss(tf.maximum(t, y), pred)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         if average is not None:
@@ -323,10 +373,12 @@ def train_unet(cfg: TrainConfig) -> Path:
                    mininterval=5.0, leave=False)
         for start in bar:
             ex = make_examples(triples, order[start:start + cfg.batch], cfg, rng, patches,
-                               looks=looks)
+                               looks=looks, soft=soft)
             x = np.stack([e.image for e in ex])[..., None]
             y = np.stack([e.mask for e in ex])[..., None]
-            loss, _ = step(tf.constant(x), tf.constant(y))
+            t = y if soft is None else np.stack([e.soft for e in ex if e.soft is not None])[
+                ..., None]
+            loss, _ = step(tf.constant(x), tf.constant(y), tf.constant(t))
             losses.append(float(loss))
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", refresh=False)
         state.epoch += 1

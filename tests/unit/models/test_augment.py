@@ -89,3 +89,22 @@ def test_windows_centre_on_a_hard_negative_when_asked():
     assert np.array_equal(random_crop(ex, (64, 64), a, 0.6, 0.0).image,
                           random_crop(plain, (64, 64), b, 0.6).image)
     assert a.random() == b.random()
+
+
+def test_a_teachers_map_moves_with_the_image_and_changes_nothing_else():
+    img, disk = _scene()
+    for seed in range(5):
+        plain = augment(img, disk, [BENIGN], (128, 96), np.random.default_rng(seed),
+                        insert_prob=0.0)
+        taught = augment(img, disk, [BENIGN], (128, 96), np.random.default_rng(seed),
+                         insert_prob=0.0, soft=0.8 * disk[0])
+        # the same view and truth (no random number drawn for the map)
+        assert np.array_equal(plain.image, taught.image) and plain.soft is None
+        assert np.array_equal(plain.mask, taught.mask)
+        # the map lands where the lesion does, its values kept
+        assert taught.soft is not None and taught.soft.shape == (128, 96)
+        assert np.array_equal(taught.soft >= 0.4, taught.mask > 0)
+        assert abs(float(taught.soft.max()) - 0.8) < 1e-5
+        window = random_crop(taught, (64, 64), np.random.default_rng(seed), lesion_prob=1.0)
+        assert window.soft is not None and np.array_equal(window.soft >= 0.4, window.mask > 0)
+        assert window.mask.any()

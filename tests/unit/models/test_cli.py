@@ -329,3 +329,74 @@ def test_compare_runs_both_folders_on_the_same_women(mias_dir, models_dir, tmp_p
         assert figures["paired_bootstrap"]["rates"][rate]["difference"] == 0.0
         assert figures["paired_bootstrap"]["rates"][rate]["share_second_higher"] == 0.0
     assert figures["paired_bootstrap"]["women"] == 2
+
+
+def test_a_network_learns_beside_a_teachers_maps_and_only_from_a_fitting_teacher(
+        dicom_folder, tmp_path, capsys):
+    common = ["--data", str(dicom_folder), "--seed", "4", "--width", "4", "--batch", "4",
+              "--epochs", "1"]
+    models = tmp_path / "models"
+    assert _run("models", "train", "unet", "--out", str(tmp_path / "t"), *common) == 0
+    assert _run("models", "export", "unet", "--run", str(tmp_path / "t"), "--models",
+                str(models), "--version", "0.0.1", "--threshold", "tta_vflip=1") == 0
+    teacher = models / "unet" / "0.0.1"
+    plain, silent, taught = (tmp_path / n for n in ("plain", "silent", "taught"))
+    assert _run("models", "train", "unet", "--out", str(plain), *common) == 0
+    assert _run("models", "train", "unet", "--out", str(silent), "--teacher", str(teacher),
+                "--teacher-weight", "0", *common) == 0
+    assert _run("models", "train", "unet", "--out", str(taught), "--teacher", str(teacher),
+                *common) == 0
+    # the maps change nothing else (same views, same random numbers); the term changes the
+    # weights
+    same = zip(load_npz(plain / "last.npz"), load_npz(silent / "last.npz"), strict=True)
+    assert all(np.array_equal(a, b) for a, b in same)
+    moved = zip(load_npz(plain / "last.npz"), load_npz(taught / "last.npz"), strict=True)
+    assert not all(np.array_equal(a, b) for a, b in moved)
+    assert _run("models", "export", "unet", "--run", str(taught), "--models", str(models),
+                "--version", "0.0.2") == 0
+    record = load_model(models, "unet", "0.0.2").manifest["training"]
+    assert f"--teacher {repo_relative(str(teacher))} --teacher-weight 1.0" in record["command"]
+    assert record["teacher"]["model"] == "unet 0.0.1"
+    assert record["teacher"]["sha256"] == load_model(models, "unet", "0.0.1").manifest[
+        "weights"]["sha256"]
+    # refused: a detector, another spacing, a folder that is no model, the digital look
+    out = str(tmp_path / "refused")
+    assert _run("models", "train", "frcnn", "--out", out, "--teacher", str(teacher),
+                *common) == 2
+    assert "trains a U-Net" in capsys.readouterr().err
+    assert _run("models", "train", "unet", "--out", out, "--teacher", str(teacher),
+                "--spacing", "0.4", *common) == 2
+    assert "works at 0.8 mm, this run at 0.4 mm" in capsys.readouterr().err
+    assert _run("models", "train", "unet", "--out", out, "--teacher", str(tmp_path),
+                *common) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert _run("models", "train", "unet", "--out", out, "--teacher", str(teacher),
+                "--digital-look", "0.5", *common) == 2
+    assert not Path(out).exists()
+
+
+def test_frozen_batch_norms_keep_what_they_started_with(dicom_folder, tmp_path, capsys):
+    import keras
+
+    from mammo_scp.models.unet import UNetConfig, build_unet
+
+    common = ["--data", str(dicom_folder), "--seed", "6", "--width", "4", "--batch", "4",
+              "--epochs", "1"]
+    first, frozen = tmp_path / "first", tmp_path / "frozen"
+    assert _run("models", "train", "unet", "--out", str(first), *common) == 0
+    assert _run("models", "train", "unet", "--out", str(frozen), "--init",
+                str(first / "last.npz"), "--freeze-batch-norm", *common) == 0
+    config = UNetConfig.from_dict(json.loads((first / "train_config.json").read_text())["model"])
+    before, after = build_unet(config), build_unet(config)
+    before.set_weights(load_npz(first / "last.npz"))
+    after.set_weights(load_npz(frozen / "last.npz"))
+    norms = [(a, b) for a, b in zip(before.layers, after.layers, strict=True)
+             if isinstance(a, keras.layers.BatchNormalization)]
+    assert norms and all(np.array_equal(x, y) for a, b in norms
+                         for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+    # the rest trained
+    assert not all(np.array_equal(x, y) for x, y in zip(
+        before.get_weights(), after.get_weights(), strict=True))
+    assert _run("models", "train", "frcnn", "--out", str(tmp_path / "no"),
+                "--freeze-batch-norm", *common) == 2
+    assert "--freeze-batch-norm is for the U-Net" in capsys.readouterr().err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mammo_scp.models.unet import (
     UNetConfig,
     build_unet,
     dice_coefficient,
+    distillation_loss,
     iou_coefficient,
     segmentation_loss,
 )
@@ -68,3 +70,15 @@ def test_tiny_unet_learns_a_synthetic_mass():
     pred = model(x[..., None], training=False).numpy()[..., 0] >= 0.5
     dice = 2 * (pred & (y > 0)).sum() / (pred.sum() + (y > 0).sum())
     assert dice > 0.6
+
+
+def test_the_distillation_term_is_least_where_the_network_says_what_the_teacher_says():
+    teacher = np.array([0.0, 0.2, 0.7, 1.0], np.float32).reshape(1, 2, 2, 1)
+    at_teacher = float(distillation_loss(teacher, np.clip(teacher, 1e-6, 1 - 1e-6)))
+    for shift in (-0.1, 0.1):
+        other = np.clip(teacher + shift, 0.01, 0.99).astype(np.float32)
+        assert float(distillation_loss(teacher, other)) > at_teacher
+    # a hard teacher is the cross-entropy of the truth
+    assert float(distillation_loss(np.ones((1, 1, 1, 1), np.float32),
+                                   np.full((1, 1, 1, 1), 0.5, np.float32))) == \
+        pytest.approx(np.log(2.0), rel=1e-5)
