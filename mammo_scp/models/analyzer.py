@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import keras
@@ -231,6 +233,21 @@ def fuse_detections(members: list[Detections], iou: float = FUSION_IOU) -> Detec
     return Detections(boxes, scores[order], p_mal[order])
 
 
+def ensemble_map(networks: Sequence[Callable[[tf.Tensor], Any]], image: np.ndarray,
+                 mirror: bool) -> np.ndarray:
+    """The mean of U-Net ``networks``' maps (H, W) of a model-space image, each averaged
+    with its map of the up/down mirror when ``mirror`` (one batch of two per network)."""
+    views = image[None, :, :, None]
+    if mirror:
+        views = np.concatenate([views, views[:, ::-1]], axis=0)
+    x = tf.constant(views, tf.float32)
+    maps = []
+    for network in networks:
+        out = np.asarray(network(x), dtype=np.float32)[..., 0]
+        maps.append((out[0] + out[1, ::-1]) / 2.0 if mirror else out[0])
+    return maps[0] if len(maps) == 1 else np.asarray(np.mean(maps, axis=0), np.float32)
+
+
 def check_pairing(unet: ModelBundle, frcnn: ModelBundle) -> None:
     """A segmenter that decodes the detector's backbone runs only with that very detector
     (the one its manifest names, by sha256), one network each, at one pixel spacing."""
@@ -332,17 +349,8 @@ class Analyzer:
         maps (each mirror-averaged if so set); with a shared backbone, its decoder's map."""
         if self.shared_backbone:
             return self.segment_and_detect(image)[0]
-        views = image[None, :, :, None]
-        if self.mask_tta:
-            views = np.concatenate([views, views[:, ::-1]], axis=0)
-        x = tf.constant(views, tf.float32)
-        maps = []
         with self._lock:
-            for unet_fn in self._unet_fns:
-                out = np.asarray(unet_fn(x), dtype=np.float32)[..., 0]
-                prob = (out[0] + out[1, ::-1]) / 2.0 if self.mask_tta else out[0]
-                maps.append(prob)
-        return maps[0] if len(maps) == 1 else np.asarray(np.mean(maps, axis=0), np.float32)
+            return ensemble_map(self._unet_fns, image, self.mask_tta)
 
     def segment_windows(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The U-Net's map of a model-space image on the windows around ``boxes`` only
@@ -439,12 +447,13 @@ class Analyzer:
             chosen[on_breast[:self.mask_candidates]] = True
         return self._in_unet_space(det.boxes[chosen], pre, pre_det)
 
-    def _in_unet_space(self, reported: np.ndarray, pre: Preprocessed, pre_det: Preprocessed
+    def _in_unet_space(self, boxes: np.ndarray, pre: Preprocessed, pre_det: Preprocessed
                        ) -> np.ndarray:
+        """Detector boxes in the U-Net's model space."""
         if pre_det is pre:
-            return reported
+            return boxes
         corners = [pre.transform.from_source(pre_det.transform.box_to_source(b).reshape(2, 2))
-                   for b in reported]
+                   for b in boxes]
         return np.array([[c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()]
                          for c in corners]).reshape(-1, 4)
 
@@ -496,4 +505,5 @@ class Analyzer:
 
 
 __all__ = ["GATED_MASK_MODES", "Analyzer", "Detections", "breast_box", "check_pairing",
-           "finding_windows", "fuse_detections", "mask_regions", "postprocess_mask"]
+           "ensemble_map", "finding_windows", "fuse_detections", "mask_regions",
+           "postprocess_mask"]

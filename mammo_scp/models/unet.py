@@ -181,15 +181,17 @@ def segmentation_loss(y_true: Any, y_pred: Any) -> Any:
     y_pred = ops.cast(y_pred, "float32")
     inter = ops.sum(y_true * y_pred)
     dice = (2.0 * inter + 1.0) / (ops.sum(y_true) + ops.sum(y_pred) + 1.0)
-    eps = 1e-6
-    p = ops.clip(y_pred, eps, 1.0 - eps)
-    bce = -(2.0 * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
-    return (1.0 - dice) + ops.mean(bce)
+    return (1.0 - dice) + ops.mean(_cross_entropy(y_true, y_pred, positive_weight=2.0))
 
 
 def distillation_loss(teacher: Any, y_pred: Any) -> Any:
     """Binary cross-entropy against a teacher's probabilities (soft targets), per pixel."""
-    teacher = ops.cast(teacher, "float32")
+    return ops.mean(_cross_entropy(ops.cast(teacher, "float32"), ops.cast(y_pred, "float32")))
+
+
+def _cross_entropy(target: Any, y_pred: Any, positive_weight: float = 1.0) -> Any:
+    """Per-pixel binary cross-entropy of ``y_pred`` against ``target`` (0..1), the positive
+    term weighted by ``positive_weight``."""
     eps = 1e-6
-    p = ops.clip(ops.cast(y_pred, "float32"), eps, 1.0 - eps)
-    return ops.mean(-(teacher * ops.log(p) + (1.0 - teacher) * ops.log(1.0 - p)))
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    return -(positive_weight * target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))

@@ -306,18 +306,14 @@ def _train(args: argparse.Namespace) -> int:
 def _teacher_problem(folder: Path, spacing_mm: float) -> str | None:
     """Why ``folder`` cannot teach a U-Net at ``spacing_mm``, or None."""
     from mammo_scp.models.store import MANIFEST, ModelStoreError, load_model_folder
+    from mammo_scp.training.recipe import teacher_problem
 
     if not (folder / MANIFEST).is_file():
         return "not a shipped model folder (no manifest.json)"
     try:
-        bundle = load_model_folder(folder)
+        return teacher_problem(load_model_folder(folder), spacing_mm)
     except ModelStoreError as exc:
         return str(exc)
-    if bundle.name != "unet" or bundle.config.get("encoder", "own") != "own":
-        return "not a U-Net with an encoder of its own"
-    if abs(bundle.spacing_mm - spacing_mm) > 1e-6:
-        return f"it works at {bundle.spacing_mm} mm, this run at {spacing_mm} mm"
-    return None
 
 
 def _export(args: argparse.Namespace) -> int:

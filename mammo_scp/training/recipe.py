@@ -22,6 +22,8 @@ from mammo_scp.training import augment as aug
 if TYPE_CHECKING:
     import keras
 
+    from mammo_scp.models.store import ModelBundle
+
 #: One training image in model space: the image, its lesion masks (N, H, W), their labels.
 Triple = tuple[np.ndarray, np.ndarray, list[int]]
 
@@ -147,6 +149,16 @@ def make_examples(samples: Sequence[Triple], idx: Sequence[int], cfg: TrainConfi
     return examples
 
 
+def teacher_problem(bundle: ModelBundle, spacing_mm: float) -> str | None:
+    """Why a shipped model cannot teach a U-Net trained at ``spacing_mm`` (``--teacher``),
+    or None."""
+    if bundle.name != "unet" or bundle.config.get("encoder", "own") != "own":
+        return "not a U-Net with an encoder of its own"
+    if abs(bundle.spacing_mm - spacing_mm) > 1e-6:
+        return f"it works at {bundle.spacing_mm} mm, this run at {spacing_mm} mm"
+    return None
+
+
 def load_init_weights(path: Path) -> list[np.ndarray]:
     """Weights to start from: a run's ``.npz`` or a shipped model folder
     (``models/unet/1.0.0``, verified against its manifest's sha256)."""
@@ -178,4 +190,5 @@ def write_config(out: Path, cfg: TrainConfig, model_cfg: dict[str, Any], **extra
 
 
 __all__ = ["Looks", "TrainConfig", "TrainState", "Triple", "epoch_order", "load_init_weights",
-           "load_npz", "make_examples", "mass_patches", "optimizer", "save_npz", "write_config"]
+           "load_npz", "make_examples", "mass_patches", "optimizer", "save_npz", "teacher_problem",
+           "write_config"]

@@ -56,6 +56,7 @@ from mammo_scp.training.recipe import (
     make_examples,
     mass_patches,
     save_npz,
+    teacher_problem,
     write_config,
 )
 from mammo_scp.training.recipe import optimizer as recipe_optimizer
@@ -241,33 +242,21 @@ def teacher_maps(cfg: TrainConfig, train: list[Sample]) -> list[np.ndarray] | No
     ensemble into one network."""
     if not cfg.teacher:
         return None
+    from mammo_scp.models.analyzer import ensemble_map
     from mammo_scp.models.store import load_model_folder
 
     bundle = load_model_folder(Path(cfg.teacher))
-    ucfg = UNetConfig.from_dict(bundle.config)
-    if bundle.name != "unet" or ucfg.encoder != "own":
-        raise ValueError(f"{cfg.teacher} is not a U-Net with an encoder of its own")
-    if abs(bundle.spacing_mm - cfg.model_spacing_mm) > 1e-6:
-        raise ValueError(f"the teacher {cfg.teacher} works at {bundle.spacing_mm} mm; this run "
-                         f"trains at {cfg.model_spacing_mm} mm")
+    if problem := teacher_problem(bundle, cfg.model_spacing_mm):
+        raise ValueError(f"teacher {cfg.teacher}: {problem}")
     mirror = bool(bundle.thresholds.get("tta_vflip", 0.0))
     nets = []
     for weights in bundle.members:
-        net = build_unet(ucfg)
+        net = build_unet(UNetConfig.from_dict(bundle.config))
         net.set_weights(weights)
         nets.append(tf.function(lambda x, net=net: net(x, training=False),
                                 input_signature=[tf.TensorSpec([None, None, None, 1])]))
     t0 = time.time()
-    maps = []
-    for sample in train:
-        x = sample.image[None, :, :, None].astype(np.float32)
-        if mirror:
-            x = np.concatenate([x, x[:, ::-1]])
-        total = np.zeros(sample.image.shape, np.float32)
-        for fn in nets:
-            out = np.asarray(fn(tf.constant(x)), np.float32)[..., 0]
-            total += (out[0] + out[1, ::-1]) / 2.0 if mirror else out[0]
-        maps.append(total / len(nets))
+    maps = [ensemble_map(nets, sample.image, mirror) for sample in train]
     logger.info("teacher %s %s: maps of %d training images (%d networks%s) in %.0f s",
                 bundle.name, bundle.version, len(maps), len(nets), ", mirrored" if mirror else "",
                 time.time() - t0)
