@@ -28,6 +28,7 @@ from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
 )
 
 from mammo_scp.models.analyzer import Analyzer  # noqa: E402
+from mammo_scp.pectoral import find_pectoral  # noqa: E402
 from mammo_scp.preprocess import (  # noqa: E402
     preprocess_array,
     preprocess_dataset,
@@ -100,6 +101,12 @@ def study_inputs() -> dict[str, tuple[tuple[np.ndarray, float], tuple[np.ndarray
     return out
 
 
+#: Every view of a timed study is taken as oblique: where the pectoral muscle is excluded
+#: (exclude_pectoral), it is then looked for on each (mammo_scp.pectoral), the dearer case
+#: (a real study has two CC views).
+STUDY_VIEW = "MLO"
+
+
 def study_times(an: Analyzer, repeat: int) -> dict[str, Any]:
     """Model time of a 4-view study with one mass (3 views without, 1 with), per image
     kind: where the U-Net runs only around findings, a view without one costs the
@@ -108,7 +115,8 @@ def study_times(an: Analyzer, repeat: int) -> dict[str, Any]:
     for name, views in study_inputs().items():
         per_view = []
         for pixels, spacing in views:
-            runs = [an.analyze_array(pixels, spacing) for _ in range(max(3, repeat // 2))][1:]
+            runs = [an.analyze_array(pixels, spacing, view=STUDY_VIEW)
+                    for _ in range(max(3, repeat // 2))][1:]
             per_view.append({
                 "analyze_ms": round(float(np.median([r.timings_ms["total"] for r in runs])), 1),
                 "unet_ms": round(float(np.median([r.timings_ms["unet"] for r in runs])), 1),
@@ -175,9 +183,13 @@ def bench(models: Path, repeat: int, precisions: tuple[str, ...] = ("fp32", "bf1
                 unet_ms = time_ms(lambda a=an, i=img: a.segment(i), repeat)
                 det_ms = time_ms(lambda a=an, i=img: a.detect(i), repeat)
             pre_ms = time_ms(lambda a=an, p=pixels, s=spacing: preprocess_array(
-                p, s, model_spacing_mm=a.spacing_mm), repeat)
-            full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(p, s),
-                              max(2, repeat // 2))
+                p, s, model_spacing_mm=a.spacing_mm,
+                view=STUDY_VIEW if a.exclude_pectoral else None), repeat)
+            full_ms = time_ms(lambda a=an, p=pixels, s=spacing: a.analyze_array(
+                p, s, view=STUDY_VIEW), max(2, repeat // 2))
+            rows, cols = pre.transform.resized_shape  # what the search costs where it runs
+            pectoral_ms = time_ms(lambda a=an, i=img[:rows, :cols]: find_pectoral(
+                i, a.spacing_mm), repeat)
             # a shipped ensemble runs every member, each twice with the mirror (tta_vflip):
             # its work is the sum of those passes
             passes = len(an.unets) * (2 if an.mask_tta else 1)
@@ -203,6 +215,7 @@ def bench(models: Path, repeat: int, precisions: tuple[str, ...] = ("fp32", "bf1
                 "members": {"unet": len(an.unets), "frcnn": len(an.detectors)},
                 "unet_passes": passes,
                 "preprocess_ms": round(pre_ms, 1),
+                "pectoral_search_ms": round(pectoral_ms, 1),
                 "unet_ms": round(unet_ms, 1),
                 "frcnn_ms": round(det_ms, 1),
                 "analyze_ms": round(full_ms, 1),

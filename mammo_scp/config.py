@@ -180,6 +180,10 @@ class Settings(BaseModel):
     # the largest region of the U-Net run only around findings and the detector's top
     # candidates (the U-Net manifest's mask_candidates)
     mask_mode: Literal["model", "largest", "with_finding", "near_candidates"] = "model"
+    # on oblique views (View Position MLO, ML, LM, LMO), report nothing centred in the
+    # pectoral muscle, neither a finding nor a SEG region; None: as the shipped detector's
+    # manifest says (exclude_pectoral)
+    exclude_pectoral: bool | None = None
     cad_sr: bool = False
     #: below it a breast's or exam's score is "low"; None: the detector manifest's
     #: assessment_low (mammo_scp.assessment.detector_thresholds)

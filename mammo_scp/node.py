@@ -70,20 +70,23 @@ def load_models(settings: Settings) -> Analyzer | None:
         analyzer = Analyzer.load(settings.models_dir, precision=settings.inference_precision,
                                  finding_threshold=settings.finding_threshold,
                                  mask_mode=None if settings.mask_mode == "model"
-                                 else settings.mask_mode)
+                                 else settings.mask_mode,
+                                 exclude_pectoral=settings.exclude_pectoral)
     except ModelStoreError as exc:
         raise StartupError(f"cannot load the models: {exc}") from exc
     started = time.perf_counter()
     warm_up(analyzer)  # the first study then runs as fast as the rest
     logger.info("models loaded and warmed up in %.1f s: %s %s, %s %s (%s, %s); finding "
-                "threshold %.3f (%s), mask mode %s (%s)",
+                "threshold %.3f (%s), mask mode %s (%s), pectoral muscle %s (%s)",
                 time.perf_counter() - started, analyzer.segmenter_info.name,
                 analyzer.segmenter_info.version, analyzer.detector_info.name,
                 analyzer.detector_info.version, analyzer.precision, analyzer.precision_reason,
                 analyzer.score_threshold,
                 "the detector's" if settings.finding_threshold is None else "configured",
                 analyzer.mask_mode,
-                "the segmenter's" if settings.mask_mode == "model" else "configured")
+                "the segmenter's" if settings.mask_mode == "model" else "configured",
+                "excluded" if analyzer.exclude_pectoral else "not excluded",
+                "the detector's" if settings.exclude_pectoral is None else "configured")
     return analyzer
 
 

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from mammo_scp.decode import decode_pixels
+from mammo_scp.pectoral import PectoralEdge, dataset_view, find_pectoral, is_oblique
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class Preprocessed:
     transform: Transform
     spacing_mm: tuple[float, float]
     model_spacing_mm: float
+    #: the pectoral muscle's edge in model pixels, on an oblique view where one was found
+    pectoral: PectoralEdge | None = None
 
 
 def dataset_spacing(ds: Dataset) -> tuple[float, float]:
@@ -292,8 +295,12 @@ def preprocess_array(
     flip: FlipMode = FlipMode.AUTO,
     pad_multiple: int = 32,
     crop_breast: bool = True,
+    view: str | None = None,
 ) -> Preprocessed:
-    """Preprocess a presentation-ready 2-D array (any dtype; bright = dense), e.g. a MIAS PNG."""
+    """Preprocess a presentation-ready 2-D array (any dtype; bright = dense), e.g. a MIAS PNG.
+
+    ``view``: its View Position (``MLO``, ``CC``, ...), given where the pectoral muscle is
+    to be looked for: on an oblique view it is (:mod:`mammo_scp.pectoral`)."""
     if image.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {image.shape}")
     if model_spacing_mm <= 0:
@@ -306,21 +313,23 @@ def preprocess_array(
     lo, hi = float(img.min()), float(img.max())
     img01 = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
     return _preprocess01(img01, spacing, model_spacing_mm, laterality, flip, pad_multiple,
-                         crop_breast)
+                         crop_breast, view)
 
 
 def preprocess_dataset(ds: Dataset, *, model_spacing_mm: float, flip: FlipMode = FlipMode.AUTO,
-                       pad_multiple: int = 32) -> Preprocessed:
-    """Preprocess a received DICOM image (decode, LUTs, MONOCHROME1, spacing, laterality)."""
+                       pad_multiple: int = 32, pectoral: bool = False) -> Preprocessed:
+    """Preprocess a received DICOM image (decode, LUTs, MONOCHROME1, spacing, laterality);
+    ``pectoral``: look for the pectoral muscle if its view is oblique."""
     img01 = presentation_image(ds)
     laterality = ds.get("ImageLaterality") or ds.get("Laterality")
     return _preprocess01(img01, dataset_spacing(ds), model_spacing_mm,
-                         str(laterality) if laterality else None, flip, pad_multiple, True)
+                         str(laterality) if laterality else None, flip, pad_multiple, True,
+                         dataset_view(ds) if pectoral else None)
 
 
 def _preprocess01(img01: np.ndarray, spacing: tuple[float, float], model_spacing_mm: float,
                   laterality: str | None, flip: FlipMode, pad_multiple: int,
-                  crop_breast: bool) -> Preprocessed:
+                  crop_breast: bool, view: str | None) -> Preprocessed:
     rows, cols = img01.shape
     crop, region = breast_region(img01, spacing) if crop_breast else ((0, 0, rows, cols), None)
     r0, c0, ch, cw = crop
@@ -340,6 +349,8 @@ def _preprocess01(img01: np.ndarray, spacing: tuple[float, float], model_spacing
         flipped = _chest_wall_right(resized)
     if flipped:
         resized = resized[:, ::-1]
+    pectoral = (find_pectoral(np.clip(resized, 0, 1), model_spacing_mm) if is_oblique(view)
+                else None)
     tile = max(1, int(round(out_rows * model_spacing_mm / CLAHE_TILE_MM)))
     clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=(tile, tile))
     enhanced = clahe.apply(np.round(np.clip(resized, 0, 1) * 255.0).astype(np.uint8))
@@ -350,4 +361,4 @@ def _preprocess01(img01: np.ndarray, spacing: tuple[float, float], model_spacing
     transform = Transform(source_shape=(rows, cols), crop=crop, resized_shape=(out_rows, out_cols),
                           model_shape=(pad_rows, pad_cols), flipped=flipped)
     return Preprocessed(image=model, transform=transform, spacing_mm=spacing,
-                        model_spacing_mm=model_spacing_mm)
+                        model_spacing_mm=model_spacing_mm, pectoral=pectoral)

@@ -20,6 +20,7 @@ from mammo_scp.models.fold import fold_batch_norm
 from mammo_scp.models.frcnn import FasterRCNN, FRCNNConfig, box_iou_np
 from mammo_scp.models.store import ModelBundle, ModelStoreError, load_model
 from mammo_scp.models.unet import UNetConfig, build_decoder, build_unet
+from mammo_scp.pectoral import PectoralEdge
 from mammo_scp.preprocess import (
     FlipMode,
     Preprocessed,
@@ -76,13 +77,16 @@ def resolve_precision(setting: str, flags: set[str] | None = None) -> tuple[str,
     return "fp32", "auto: the CPU has neither AMX nor AVX512_BF16"
 
 
-def mask_regions(prob: np.ndarray, threshold: float, min_area_px: float
+def mask_regions(prob: np.ndarray, threshold: float, min_area_px: float,
+                 pectoral: PectoralEdge | None = None
                  ) -> tuple[np.ndarray, list[tuple[int, float]]]:
-    """The U-Net map's regions at ``threshold`` of at least ``min_area_px``: the label image
-    and, per region, its label and peak probability, the largest region first."""
+    """The U-Net map's regions at ``threshold`` of at least ``min_area_px``, less those whose
+    centroid lies in the ``pectoral`` muscle: the label image and, per region, its label and
+    peak probability, the largest region first."""
     binary = (prob >= threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    regions = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    regions = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px
+               and (pectoral is None or pectoral.depth(*(centroids[i] + 0.5)) <= 0)]
     regions.sort(key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
 
     def peak(i: int) -> float:  # within the region's bounding box only
@@ -94,8 +98,10 @@ def mask_regions(prob: np.ndarray, threshold: float, min_area_px: float
 
 
 def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px: float,
-                     boxes: np.ndarray, confident: float = 1.0) -> np.ndarray:
-    """Model-space mask from the U-Net map: drop small regions and, per ``mode``, keep all
+                     boxes: np.ndarray, confident: float = 1.0,
+                     pectoral: PectoralEdge | None = None) -> np.ndarray:
+    """Model-space mask from the U-Net map: drop small regions and those centred in the
+    ``pectoral`` muscle and, per ``mode``, keep all
     regions, only the largest, only those touching a reported finding's box, or those and
     also the largest when its peak probability reaches ``confident``
     (``finding_or_confident``: the segmenter confident on its own). ``near_candidates``
@@ -103,7 +109,7 @@ def postprocess_mask(prob: np.ndarray, threshold: float, mode: str, min_area_px:
     candidates (:meth:`Analyzer.segment_windows`)."""
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
-    labels, peaks = mask_regions(prob, threshold, min_area_px)
+    labels, peaks = mask_regions(prob, threshold, min_area_px, pectoral)
     keep = np.zeros(int(labels.max()) + 1, dtype=bool)
     if mode == "all":
         keep[[i for i, _ in peaks]] = True
@@ -190,6 +196,14 @@ class Detections:
     scores: np.ndarray
     p_malignant: np.ndarray
 
+    def outside(self, pectoral: PectoralEdge | None) -> Detections:
+        """The detections whose box centre does not lie in the ``pectoral`` muscle."""
+        if pectoral is None or not len(self.boxes):
+            return self
+        keep = pectoral.depth((self.boxes[:, 0] + self.boxes[:, 2]) / 2,
+                              (self.boxes[:, 1] + self.boxes[:, 3]) / 2) <= 0
+        return Detections(self.boxes[keep], self.scores[keep], self.p_malignant[keep])
+
 
 def fuse_detections(members: list[Detections], iou: float = FUSION_IOU) -> Detections:
     """One set of findings from several detectors (weighted box fusion).
@@ -271,9 +285,11 @@ class Analyzer:
     """Both shipped models, ready to analyse images; safe to call from several threads."""
 
     def __init__(self, unet: ModelBundle, frcnn: ModelBundle, precision: str = "fp32",
-                 finding_threshold: float | None = None, mask_mode: str | None = None) -> None:
-        """``finding_threshold`` and ``mask_mode``: the site's operating point, in place of
-        the manifests' ``finding_score`` and ``mask_mode``."""
+                 finding_threshold: float | None = None, mask_mode: str | None = None,
+                 exclude_pectoral: bool | None = None) -> None:
+        """``finding_threshold``, ``mask_mode`` and ``exclude_pectoral``: the site's
+        operating point, in place of the manifests' ``finding_score``, ``mask_mode`` and
+        ``exclude_pectoral``."""
         #: What runs (fp32 or bf16; ``auto`` resolved by :func:`resolve_precision`), and why.
         self.precision, self.precision_reason = resolve_precision(precision)
         self.unet_bundle = unet
@@ -318,6 +334,10 @@ class Analyzer:
         self.mask_tta = bool(unet.thresholds.get("tta_vflip", 0.0))
         self.score_threshold = float(frcnn.thresholds.get("finding_score", 0.5)
                                      if finding_threshold is None else finding_threshold)
+        #: on an oblique view, nothing whose centre lies in the pectoral muscle is reported:
+        #: neither a detection (any score) nor a U-Net region (mammo_scp.pectoral)
+        self.exclude_pectoral = bool(frcnn.thresholds.get("exclude_pectoral", 0.0)
+                                     if exclude_pectoral is None else exclude_pectoral)
         self._lock = threading.Lock()
         self.fusion_iou = float(frcnn.thresholds.get("fusion_iou", FUSION_IOU))
         # a batch of one, or of two with the mirror (one call: 6-12 % faster in bf16, the
@@ -337,10 +357,11 @@ class Analyzer:
 
     @classmethod
     def load(cls, models_dir: Path, precision: str = "fp32",
-             finding_threshold: float | None = None, mask_mode: str | None = None) -> Analyzer:
+             finding_threshold: float | None = None, mask_mode: str | None = None,
+             exclude_pectoral: bool | None = None) -> Analyzer:
         """Load and verify ``models_dir/unet`` and ``models_dir/frcnn`` (latest versions)."""
         return cls(load_model(Path(models_dir), "unet"), load_model(Path(models_dir), "frcnn"),
-                   precision, finding_threshold, mask_mode)
+                   precision, finding_threshold, mask_mode, exclude_pectoral)
 
     # -- model calls ----------------------------------------------------------------------------
 
@@ -404,27 +425,32 @@ class Analyzer:
     def analyze(self, ds: Dataset, score_threshold: float | None = None) -> ImageAnalysis:
         """Analyse a received DICOM image; mask and boxes come back in its own pixels."""
         t0 = time.perf_counter()
-        pre = preprocess_dataset(ds, model_spacing_mm=self.spacing_mm, pad_multiple=PAD_MULTIPLE)
+        pre = preprocess_dataset(ds, model_spacing_mm=self.spacing_mm, pad_multiple=PAD_MULTIPLE,
+                                 pectoral=self.exclude_pectoral)
         pre_det = pre
         if self.detector_spacing_mm != self.spacing_mm:
             pre_det = preprocess_dataset(ds, model_spacing_mm=self.detector_spacing_mm,
-                                         pad_multiple=PAD_MULTIPLE)
+                                         pad_multiple=PAD_MULTIPLE,
+                                         pectoral=self.exclude_pectoral)
         return self._run(pre, pre_det, str(ds.get("SOPInstanceUID", "")), t0, score_threshold)
 
     def analyze_array(self, pixels: np.ndarray, spacing_mm: float | tuple[float, float],
                       laterality: str | None = None, sop_uid: str = "",
-                      score_threshold: float | None = None) -> ImageAnalysis:
-        """Analyse a plain presentation-ready array (bright = dense), e.g. a mini-MIAS PNG."""
+                      score_threshold: float | None = None, view: str | None = None
+                      ) -> ImageAnalysis:
+        """Analyse a plain presentation-ready array (bright = dense), e.g. a mini-MIAS PNG;
+        ``view``: its View Position (MLO, CC, ...), where known."""
         t0 = time.perf_counter()
+        view = view if self.exclude_pectoral else None  # the muscle is looked for only then
         pre = preprocess_array(pixels, spacing_mm, model_spacing_mm=self.spacing_mm,
                                laterality=laterality, flip=FlipMode.AUTO,
-                               pad_multiple=PAD_MULTIPLE)
+                               pad_multiple=PAD_MULTIPLE, view=view)
         pre_det = pre
         if self.detector_spacing_mm != self.spacing_mm:
             pre_det = preprocess_array(pixels, spacing_mm,
                                        model_spacing_mm=self.detector_spacing_mm,
                                        laterality=laterality, flip=FlipMode.AUTO,
-                                       pad_multiple=PAD_MULTIPLE)
+                                       pad_multiple=PAD_MULTIPLE, view=view)
         return self._run(pre, pre_det, sop_uid, t0, score_threshold)
 
     def _reported_boxes(self, det: Detections, pre: Preprocessed, pre_det: Preprocessed
@@ -460,10 +486,11 @@ class Analyzer:
     def _run(self, pre: Preprocessed, pre_det: Preprocessed, sop_uid: str, t0: float,
              score_threshold: float | None) -> ImageAnalysis:
         threshold = self.score_threshold if score_threshold is None else score_threshold
+        muscle, muscle_det = pre.pectoral, pre_det.pectoral  # found only if it is excluded
         t1 = time.perf_counter()
         gated = self.mask_mode in GATED_MASK_MODES and not self.shared_backbone
         if gated:  # the detector first; the U-Net only around what it reports or proposes
-            det = self.detect(pre_det.image)
+            det = self.detect(pre_det.image).outside(muscle_det)
             t2 = time.perf_counter()
             reported = self._reported_boxes(det, pre, pre_det)
             prob = self.segment_windows(pre.image, self._window_boxes(det, pre, pre_det))
@@ -477,10 +504,11 @@ class Analyzer:
             model_ms = {"unet": (t2 - t1) * 1e3, "frcnn": (time.perf_counter() - t2) * 1e3}
         t3 = time.perf_counter()
         if not gated:
+            det = det.outside(muscle_det)
             reported = self._reported_boxes(det, pre, pre_det)
         min_area_px = self.mask_min_area_mm2 / self.spacing_mm ** 2
         model_mask = postprocess_mask(prob, self.mask_threshold, self.mask_mode, min_area_px,
-                                      reported, self.mask_confident)
+                                      reported, self.mask_confident, muscle)
         mask = pre.transform.mask_to_source(model_mask, 0.5)
         findings, mass_score = [], 0.0
         for box, score, p_mal in zip(det.boxes, det.scores, det.p_malignant, strict=True):

@@ -72,7 +72,9 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--hard-negative-prob", type=float, default=0.5,
                     help="with --hard-negatives: share of windows not on a mass that are "
                          "centred on a hard negative of the image")
-    tr.add_argument("--val-every", type=int, default=2)
+    tr.add_argument("--val-every", type=int, default=2, metavar="N",
+                    help="measure the validation split every N epochs (0: only after the "
+                         "last)")
     tr.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="zoom range of the augmentation (default 0.85 1.15)")
     tr.add_argument("--ema", type=float, default=None, metavar="DECAY",

@@ -25,11 +25,13 @@ import cv2
 import numpy as np
 import pydicom
 
+from mammo_scp.pectoral import dataset_view
 from mammo_scp.preprocess import Preprocessed, Transform, preprocess_array, preprocess_dataset
 
 logger = logging.getLogger(__name__)
 
 MIAS_SPACING_MM = 0.2
+MIAS_VIEW = "MLO"  # every mini-MIAS image is a mediolateral-oblique view (its README)
 BENIGN, MALIGNANT, UNKNOWN = 1, 2, 3  # detector class ids; UNKNOWN = mass of unknown severity
 
 
@@ -65,6 +67,7 @@ class Record:
     spacing_mm: float | None = None  # None: read from the DICOM file
     laterality: str | None = None
     mask_path: Path | None = None
+    view: str | None = None  # View Position (MLO, CC, ...) where known
 
     @property
     def is_mass(self) -> bool:
@@ -122,7 +125,7 @@ def load_mias(folder: Path) -> list[Record]:
             for r in masses)
         records.append(Record(key=ref, path=path, woman=f"mias-woman-{(number + 1) // 2:03d}",
                               lesions=lesions, spacing_mm=MIAS_SPACING_MM,
-                              laterality="L" if number % 2 == 0 else "R"))
+                              laterality="L" if number % 2 == 0 else "R", view=MIAS_VIEW))
     return records
 
 
@@ -147,7 +150,8 @@ def load_dicom_folder(folder: Path) -> list[Record]:
         mask_path = path.with_name(path.stem + "_mask.png")
         records.append(Record(key=str(ds.SOPInstanceUID), path=path,
                               woman=str(ds.get("PatientID", path.stem)), lesions=tuple(lesions),
-                              mask_path=mask_path if mask_path.is_file() else None))
+                              mask_path=mask_path if mask_path.is_file() else None,
+                              view=dataset_view(ds)))
     return records
 
 

@@ -200,7 +200,7 @@ def compare(records: Sequence[Any], first: Any, second: Any, rates: Sequence[flo
         src = read_source(rec)
         for k, analyzer in enumerate((first, second)):
             result = analyzer.analyze_array(src, rec.spacing_mm, rec.laterality, rec.key,
-                                            score_threshold=0.0)
+                                            score_threshold=0.0, view=rec.view)
             per[k].append(image_detections(result, rec))
     return {"froc": [dict(zip(map(str, FP_RATES), froc_points(p), strict=True)) for p in per],
             "paired_bootstrap": paired_bootstrap(per[0], per[1], [r.woman for r in records],
@@ -347,7 +347,7 @@ def evaluate(records: Sequence[Any], analyzer: Any, out: Path | None = None,
             src = digital_look(src, rec.spacing_mm, np.random.default_rng(index))
         t0 = time.perf_counter()
         result = analyzer.analyze_array(src, rec.spacing_mm, rec.laterality, rec.key,
-                                        score_threshold=0.0)
+                                        score_threshold=0.0, view=rec.view)
         elapsed += time.perf_counter() - t0
         per_image.append(image_detections(result, rec))
         mal_labels.append(int(rec.is_malignant))

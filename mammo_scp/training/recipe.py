@@ -70,6 +70,11 @@ class TrainConfig:
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
 
+    def validates_after(self, epoch: int) -> bool:
+        """Whether the validation split is measured after ``epoch``: every ``val_every``
+        epochs (0: none before the last) and after the last."""
+        return epoch == self.epochs or (self.val_every > 0 and epoch % self.val_every == 0)
+
 
 @dataclass
 class TrainState:

@@ -374,7 +374,7 @@ def train_unet(cfg: TrainConfig) -> Path:
         record: dict[str, float] = {"epoch": state.epoch, "loss": float(np.mean(losses)),
                                     "seconds": time.time() - t0}
         with average.swapped_in() if average is not None else nullcontext():
-            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+            if cfg.validates_after(state.epoch):
                 dice = unet_val_dice(model, val)
                 record["val_dice"] = dice
                 if dice > state.best:
@@ -546,7 +546,7 @@ def train_frcnn(cfg: TrainConfig) -> Path:
         record: dict[str, float] = {"epoch": state.epoch, "seconds": time.time() - t0,
                                     **{k: v / max(n, 1) for k, v in sums.items()}}
         with average.swapped_in() if average is not None else nullcontext():
-            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+            if cfg.validates_after(state.epoch):
                 sens = frcnn_val_sensitivity(net, val)
                 record["val_sens_at_1fp"] = sens
                 if sens >= state.best:

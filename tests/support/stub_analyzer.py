@@ -29,6 +29,7 @@ class StubAnalyzer(Analyzer):
         self.mask_tta = False
         self.shared_backbone = False
         self.score_threshold = 0.5
+        self.exclude_pectoral = False
         self.segmenter_info, self.detector_info = SEGMENTER, DETECTOR
         self.padding_boxes = padding_boxes
         self.seen_shapes: list[tuple[int, int]] = []

@@ -41,6 +41,13 @@ def test_the_operating_point_is_the_models_unless_configured(tmp_path: Path) -> 
     path.write_text('mask_mode = "biggest"\n')
     with pytest.raises(ConfigError, match="mask_mode"):
         load_settings(path, environ={})
+    assert settings.exclude_pectoral is None
+    path.write_text('exclude_pectoral = false\n')
+    assert load_settings(path, environ={}).exclude_pectoral is False
+    assert load_settings(environ={"MAMMO_SCP_EXCLUDE_PECTORAL": "true"}).exclude_pectoral is True
+    path.write_text('exclude_pectoral = "sometimes"\n')
+    with pytest.raises(ConfigError, match="exclude_pectoral"):
+        load_settings(path, environ={})
 
 
 def test_destinations_from_environment_json() -> None:

@@ -118,7 +118,8 @@ def test_evaluation_gives_each_mass_images_dice(mias_dir):
     class Truthful:
         score_threshold = 0.5
 
-        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold):
+        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold, view):
+            assert view == "MLO"  # every mini-MIAS image is an oblique view
             mask = truth_mask(by_key[key], src.shape[:2])
             if key == marked.key:
                 mask[100:120, 100:120] = True
@@ -158,7 +159,7 @@ def test_normal_images_with_a_mark_and_findings_per_image_at_the_default_thresho
     class Marks:
         score_threshold = 0.5
 
-        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold):
+        def analyze_array(self, src, spacing_mm, laterality, key, score_threshold, view):
             mask = np.zeros(src.shape[:2], bool)
             box = SimpleNamespace(x0=1.0, y0=1.0, x1=9.0, y1=9.0)
             findings = {normals[0].key: [SimpleNamespace(box=box, score=0.7, p_malignant=0.1),

@@ -78,3 +78,10 @@ def test_weights_round_trip_and_no_temporary_file_is_left(tmp_path):
     assert all(np.array_equal(a, b) and a.dtype == b.dtype
                for a, b in zip(arrays, back, strict=True))
     assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
+
+
+def test_validation_runs_every_n_epochs_and_after_the_last():
+    assert [e for e in range(1, 8) if _cfg(epochs=7, val_every=2).validates_after(e)] \
+        == [2, 4, 6, 7]
+    # 0: only after the last (it divided by zero before)
+    assert [e for e in range(1, 8) if _cfg(epochs=7, val_every=0).validates_after(e)] == [7]

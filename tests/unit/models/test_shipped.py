@@ -235,3 +235,39 @@ def test_near_candidates_the_segmenter_runs_around_the_top_candidates_finding_or
 def test_an_unknown_mask_mode_is_refused(models_dir):
     with pytest.raises(ValueError, match="mask mode"):
         Analyzer.load(models_dir, mask_mode="biggest")
+
+
+def test_nothing_is_reported_in_the_pectoral_muscle_of_an_oblique_view(models_dir, mias_dir,
+                                                                        mass_image):
+    """A clear mass drawn in the muscle of a real MLO view: found with the muscle kept,
+    neither a finding nor a SEG there with it excluded; a mass in the tissue is kept."""
+    img = cv2.imread(str(mias_dir / BACKGROUND), cv2.IMREAD_GRAYSCALE)
+    pre = preprocess_array(img, 0.2, model_spacing_mm=0.4, view="MLO")
+    muscle = pre.pectoral
+    assert muscle is not None
+    col, row = (int(v) for v in pre.transform.to_source(
+        np.array([[muscle.top_col / 3, muscle.wall_row / 3]]))[0])  # the triangle's centroid
+    pixels = add_mass(img, (row, col), MASS_RADIUS)
+
+    def at_the_mass(result: ImageAnalysis) -> list[float]:
+        return [f.score for f in result.findings
+                if abs(f.box.centre[0] - col) < MASS_RADIUS
+                and abs(f.box.centre[1] - row) < MASS_RADIUS]
+
+    kept = Analyzer.load(models_dir, exclude_pectoral=False).analyze_array(
+        pixels, 0.2, "L", "in-muscle", view="MLO")
+    assert at_the_mass(kept) and kept.mask[row, col]
+    excluding = Analyzer.load(models_dir, exclude_pectoral=True)
+    assert excluding.exclude_pectoral
+    excluded = excluding.analyze_array(pixels, 0.2, "L", "in-muscle", view="MLO")
+    assert not at_the_mass(excluded) and not excluded.mask[row, col]
+    # received as DICOM, the View Position decides: on a view that is not oblique the
+    # muscle is not looked for, so nothing is excluded
+    study = generate_uid()
+    for view, seen in (("MLO", False), ("CC", True)):
+        ds = make_mg("L", view, study_uid=study, pixels=pixels, bits_stored=8, spacing_mm=0.2)
+        result = excluding.analyze(ds)
+        assert bool(at_the_mass(result)) == seen and result.mask[row, col] == seen
+    tissue_pixels, (trow, tcol) = mass_image
+    in_tissue = excluding.analyze_array(tissue_pixels, 0.2, "L", "in-tissue", view="MLO")
+    assert in_tissue.findings and in_tissue.mask[trow, tcol]
