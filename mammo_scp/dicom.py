@@ -10,6 +10,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from pydicom import uid as pduid
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import AssociationSocket
 
@@ -166,6 +167,19 @@ VIEW_CODES: dict[str, View] = {
     "399352003": View.LM,
     "R-10228": View.LM,
 }
+
+
+
+def view_of(ds: Dataset) -> str | None:
+    """A dataset's view: its View Code Sequence's code (CID 4014) if known, else its View
+    Position (upper case); None without either."""
+    for item in ds.get("ViewCodeSequence", []) or []:
+        view = VIEW_CODES.get(str(item.get("CodeValue", "")))
+        if view is not None:
+            return view.value
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return position or None
+
 
 #: The four standard screening views that complete a study.
 FOUR_VIEWS: frozenset[tuple[Laterality, View]] = frozenset(

@@ -14,20 +14,16 @@ approximate the muscle by a straight line first, too). The search runs on a copy
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydicom.dataset import Dataset
 
-#: View Position (0018,5101) values of views that show the pectoral muscle as a triangle at
-#: the top of the chest wall: mediolateral oblique, mediolateral, lateromedial, lateromedial
-#: oblique. A cranio-caudal view shows at most a sliver at the chest wall, and is left alone.
+#: Views (View Position terms, or what :func:`mammo_scp.dicom.view_of` makes of a View Code
+#: Sequence) that show the pectoral muscle as a triangle at the top of the chest wall:
+#: mediolateral oblique, mediolateral, lateromedial, lateromedial oblique. A cranio-caudal
+#: view shows at most a sliver at the chest wall, and is left alone.
 OBLIQUE_VIEWS = frozenset({"MLO", "ML", "LM", "LMO"})
-#: The same views as SNOMED codes of the View Code Sequence (0054,0220): SRT and SCT.
-OBLIQUE_VIEW_CODES = frozenset({"R-10226", "399368009", "R-10224", "399260004",
-                                "R-10228", "399352003", "R-10230", "399099002"})
 
 SEARCH_SPACING_MM = 2.0
 #: Distances (mm) from a candidate edge at which it is sampled, on each side.
@@ -48,21 +44,8 @@ MIN_CONTRAST = 0.06
 
 
 def is_oblique(view: str | None) -> bool:
-    """Whether a View Position (or a SNOMED view code) names a view that shows the muscle."""
-    return view is not None and view.strip().upper() in OBLIQUE_VIEWS | OBLIQUE_VIEW_CODES
-
-
-def dataset_view(ds: Dataset) -> str | None:
-    """The view of a mammogram: View Position, else the View Code Sequence's first code."""
-    position = str(ds.get("ViewPosition", "") or "").strip()
-    if position:
-        return position
-    codes: Iterable[Dataset] = ds.get("ViewCodeSequence") or []
-    for code in codes:
-        value = str(code.get("CodeValue", "") or "").strip()
-        if value:
-            return value
-    return None
+    """Whether a view (``MLO``, ``CC``, ...) shows the muscle."""
+    return view is not None and view.strip().upper() in OBLIQUE_VIEWS
 
 
 @dataclass(frozen=True)
@@ -138,4 +121,4 @@ def find_pectoral(image01: np.ndarray, spacing_mm: float) -> PectoralEdge | None
                         contrast=float(contrast[best]))
 
 
-__all__ = ["OBLIQUE_VIEWS", "PectoralEdge", "dataset_view", "find_pectoral", "is_oblique"]
+__all__ = ["OBLIQUE_VIEWS", "PectoralEdge", "find_pectoral", "is_oblique"]

@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from mammo_scp.decode import decode_pixels
-from mammo_scp.pectoral import PectoralEdge, dataset_view, find_pectoral, is_oblique
+from mammo_scp.dicom import view_of
+from mammo_scp.pectoral import PectoralEdge, find_pectoral, is_oblique
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def preprocess_dataset(ds: Dataset, *, model_spacing_mm: float, flip: FlipMode =
     laterality = ds.get("ImageLaterality") or ds.get("Laterality")
     return _preprocess01(img01, dataset_spacing(ds), model_spacing_mm,
                          str(laterality) if laterality else None, flip, pad_multiple, True,
-                         dataset_view(ds) if pectoral else None)
+                         view_of(ds) if pectoral else None)
 
 
 def _preprocess01(img01: np.ndarray, spacing: tuple[float, float], model_spacing_mm: float,

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 
 from mammo_scp.db import Database
-from mammo_scp.dicom import VIEW_CODES, StoreStatus, is_valid_uid
+from mammo_scp.dicom import StoreStatus, is_valid_uid, view_of
 from mammo_scp.jobs.models import Instance, Study, utcnow
 from mammo_scp.metrics import INSTANCES_RECEIVED
 from mammo_scp.store.spool import Spool
@@ -85,16 +85,6 @@ def laterality_of(ds: Dataset) -> str | None:
         if value in ("R", "L"):
             return value
     return None
-
-
-def view_of(ds: Dataset) -> str | None:
-    """ViewCodeSequence's code (CID 4014) if known, else ViewPosition."""
-    for item in ds.get("ViewCodeSequence", []) or []:
-        view = VIEW_CODES.get(str(item.get("CodeValue", "")))
-        if view is not None:
-            return view.value
-    position = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return position or None
 
 
 def read_header(path: Path) -> InstanceHeader:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pydicom
 
-from mammo_scp.pectoral import dataset_view
+from mammo_scp.dicom import view_of
 from mammo_scp.preprocess import Preprocessed, Transform, preprocess_array, preprocess_dataset
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def load_dicom_folder(folder: Path) -> list[Record]:
         records.append(Record(key=str(ds.SOPInstanceUID), path=path,
                               woman=str(ds.get("PatientID", path.stem)), lesions=tuple(lesions),
                               mask_path=mask_path if mask_path.is_file() else None,
-                              view=dataset_view(ds)))
+                              view=view_of(ds)))
     return records
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from mammo_scp.dicom import view_of
 from mammo_scp.models.analyzer import Detections, postprocess_mask
-from mammo_scp.pectoral import PectoralEdge, dataset_view, find_pectoral, is_oblique
+from mammo_scp.pectoral import PectoralEdge, find_pectoral, is_oblique
 from mammo_scp.preprocess import preprocess_array
 
 SPACING = 0.4  # mm a pixel, the models' spacing
@@ -57,16 +58,16 @@ def test_depth_and_mask() -> None:
 
 
 def test_which_views_show_the_muscle() -> None:
-    assert is_oblique("MLO") and is_oblique("ml ") and is_oblique("399368009")
+    assert is_oblique("MLO") and is_oblique("ml ") and is_oblique("LMO")
     assert not is_oblique("CC") and not is_oblique(None) and not is_oblique("")
     ds = Dataset()
-    assert dataset_view(ds) is None
-    code = Dataset()
-    code.CodeValue = "399368009"
-    ds.ViewCodeSequence = [code]
-    assert dataset_view(ds) == "399368009"
+    assert not is_oblique(view_of(ds))
     ds.ViewPosition = "CC"
-    assert dataset_view(ds) == "CC"  # the View Position first
+    assert not is_oblique(view_of(ds))
+    code = Dataset()
+    code.CodeValue = "399368009"  # medio-lateral oblique
+    ds.ViewCodeSequence = [code]
+    assert is_oblique(view_of(ds))  # the code first
 
 
 @pytest.mark.parametrize("laterality", ["R", "L"])

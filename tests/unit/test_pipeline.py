@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from mammo_scp.assessment import Category, Thresholds
-from mammo_scp.dicom import VIEW_CODES
+from mammo_scp.dicom import VIEW_CODES, view_of
 from mammo_scp.pipeline import NO_FINDINGS_KIND, InstanceRecord, JobContext, default_pipeline
-from mammo_scp.store.ingest import laterality_of, view_of
+from mammo_scp.store.ingest import laterality_of
 from tests.support.dciodvfy import assert_dciodvfy_clean
 from tests.support.mg import FOUR_VIEWS, make_mg
 from tests.support.stub_analyzer import FindsNothing, StubAnalyzer
