@@ -63,11 +63,6 @@ class PectoralEdge:
         a, b = 1.0 / self.top_col, 1.0 / self.wall_row
         return np.asarray((1.0 - a * np.asarray(x) - b * np.asarray(y)) / np.hypot(a, b))
 
-    def mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """Boolean mask of the muscle over a model-space image of ``shape`` (pixel centres)."""
-        rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
-        return self.depth(cols + 0.5, rows + 0.5) > 0
-
 
 def find_pectoral(image01: np.ndarray, spacing_mm: float) -> PectoralEdge | None:
     """The muscle's edge on a breast image (chest wall on the left, outside the breast 0,

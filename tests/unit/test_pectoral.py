@@ -48,11 +48,12 @@ def test_a_shallow_edge_is_no_muscle() -> None:
     assert edge is None or edge.wall_row >= edge.top_col
 
 
-def test_depth_and_mask() -> None:
+def test_depth() -> None:
     edge = PectoralEdge(top_col=100.0, wall_row=200.0, contrast=0.2)
     assert edge.depth(0.0, 0.0) > 0 > edge.depth(100.0, 200.0)
     assert edge.depth(50.0, 100.0) == pytest.approx(0.0, abs=1e-9)
-    mask = edge.mask((300, 200))
+    rows, cols = np.mgrid[0:300, 0:200]
+    mask = edge.depth(cols + 0.5, rows + 0.5) > 0  # the muscle: the corner's triangle
     assert mask[0, 0] and mask[150, 20] and not mask[0, 120] and not mask[250, 0]
     assert mask.sum() == pytest.approx(100 * 200 / 2, rel=0.02)
 
