@@ -169,7 +169,6 @@ VIEW_CODES: dict[str, View] = {
 }
 
 
-
 def view_of(ds: Dataset) -> str | None:
     """A dataset's view: its View Code Sequence's code (CID 4014) if known, else its View
     Position (upper case); None without either."""
